@@ -1,0 +1,3 @@
+from bottle.cli import main
+
+raise SystemExit(main())
