@@ -1,0 +1,442 @@
+"""The Docker plan: exactly which networks, volumes and containers a bottle is made of.
+
+`docker_plan(plan)` is pure. `create_argv()` turns a container spec into the `docker
+create` arguments; the launcher runs those very arguments and the dry-run prints them,
+so what the dry-run shows is what `bottle start` creates. Values only known at launch
+(the proxy's address, the placeholders) appear as `<...>` markers that the launcher
+substitutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bottle import __version__
+from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan
+
+LABEL_PREFIX = "dev.bottle"
+MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
+BOTTLE_LABEL = f"{LABEL_PREFIX}.bottle"
+ROLE_LABEL = f"{LABEL_PREFIX}.role"
+OWNER_LABEL = f"{LABEL_PREFIX}.owner"
+
+PROXY_IP = "<proxy-ip>"
+OWNER = "<host:pid>"
+
+PROXY_UID = "10001:10001"
+PIPELOCK_UID = "65534:65534"
+RUN_DIR = "/run/bottle"
+PIPELOCK_CONFIG_DIR = "/etc/pipelock"
+PIPELOCK_CONFIG_FILE = f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml"
+AGENT_CA_FILE = "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
+AGENT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PIPELOCK_ALIAS = "pipelock"
+PROXY_ALIAS = "proxy"
+PIPELOCK_MAIN_LISTEN = "127.0.0.1:8888"
+
+
+def placeholder_marker(token_ref: str) -> str:
+    return f"<placeholder:{token_ref}>"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NetworkSpec:
+    """A Docker network. `internal` networks have no route out and no gateway address."""
+
+    role: str
+    name: str
+    internal: bool
+    create: bool
+    options: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VolumeSpec:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Mount:
+    type: str  # bind | volume | tmpfs
+    target: str
+    source: str | None = None
+    read_only: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+
+    def argv(self) -> list[str]:
+        if self.type == "tmpfs":
+            opts = ",".join(k if v == "" else f"{k}={v}" for k, v in self.options)
+            return ["--tmpfs", f"{self.target}:{opts}" if opts else self.target]
+        value = f"type={self.type},source={self.source},target={self.target}"
+        if self.read_only:
+            value += ",readonly"
+        return ["--mount", value]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnvVar:
+    """`value=None` means the value is passed from bottle's own environment by name
+    (`docker create -e NAME`), so a secret never appears in an argv or a plan."""
+
+    name: str
+    value: str | None
+
+    def shown(self) -> str:
+        return self.value if self.value is not None else "<from bottle's environment>"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    """One container of the bottle, with every hardening flag explicit."""
+
+    role: str
+    name: str
+    image: str
+    network: str
+    extra_networks: tuple[tuple[str, str | None], ...]
+    alias: str | None
+    user: str
+    env: tuple[EnvVar, ...]
+    mounts: tuple[Mount, ...]
+    command: tuple[str, ...]
+    entrypoint: str | None = None
+    workdir: str | None = None
+    read_only: bool = False
+    init: bool = False
+    cap_drop: tuple[str, ...] = ("ALL",)
+    security_opt: tuple[str, ...] = ("no-new-privileges",)
+    sysctls: tuple[tuple[str, str], ...] = ()
+    dns: tuple[str, ...] = ()
+    cpus: float | None = None
+    memory: str | None = None
+    pids: int | None = None
+    health: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DockerBottlePlan:
+    """A BottlePlan made concrete for Docker: resources in start order, and the teardown list."""
+
+    bottle: BottlePlan
+    networks: tuple[NetworkSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+    containers: tuple[ContainerSpec, ...]
+
+    def container(self, role: str) -> ContainerSpec:
+        return next(c for c in self.containers if c.role == role)
+
+    def network(self, role: str) -> NetworkSpec:
+        return next(n for n in self.networks if n.role == role)
+
+    @property
+    def start_order(self) -> tuple[str, ...]:
+        return tuple(c.role for c in self.containers)
+
+    def to_dict(self) -> dict:
+        """The `bottle start --dry-run --format=json` document (see docs/dry-run-json.md)."""
+        return plan_document(self)
+
+    @property
+    def teardown(self) -> tuple[tuple[str, str], ...]:
+        """What teardown removes, in order: containers (last started first), volumes, networks."""
+        return (
+            *(("container", c.name) for c in reversed(self.containers)),
+            *(("volume", v.name) for v in self.volumes),
+            *(("network", n.name) for n in reversed(self.networks) if n.create),
+        )
+
+
+def labels_for(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
+    return (
+        (MANAGED_LABEL, "true"),
+        (BOTTLE_LABEL, plan.bottle_id),
+        (ROLE_LABEL, role),
+        (OWNER_LABEL, OWNER),
+        (f"{LABEL_PREFIX}.version", __version__),
+    )
+
+
+def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
+    bid = plan.bottle_id
+    isolated = (("com.docker.network.bridge.inhibit_ipv4", "true"),)
+    agent_net = NetworkSpec(role="agent", name=f"{bid}-agent", internal=True, create=True,
+                            options=isolated, labels=labels_for(plan, "network-agent"))
+    scanner_net = NetworkSpec(role="scanner", name=f"{bid}-scanner", internal=True, create=True,
+                              options=isolated, labels=labels_for(plan, "network-scanner"))
+    if plan.docker.egress_network:
+        egress_net = NetworkSpec(role="egress", name=plan.docker.egress_network, internal=False, create=False)
+    else:
+        egress_net = NetworkSpec(role="egress", name=f"{bid}-egress", internal=False, create=True,
+                                 labels=labels_for(plan, "network-egress"))
+    config_volume = VolumeSpec(name=f"{bid}-pipelock-config", labels=labels_for(plan, "volume-pipelock-config"))
+
+    pipelock = ContainerSpec(
+        role="pipelock",
+        name=f"{bid}-pipelock",
+        image=plan.scanner.image,
+        network=scanner_net.name,
+        extra_networks=(),
+        alias=PIPELOCK_ALIAS,
+        user=PIPELOCK_UID,
+        env=(),
+        mounts=(Mount(type="volume", source=config_volume.name, target=PIPELOCK_CONFIG_DIR, read_only=True),),
+        command=("run", "--config", PIPELOCK_CONFIG_FILE),
+        read_only=True,
+        cpus=1.0,
+        memory="512m",
+        pids=256,
+        # The image's HEALTHCHECK probes the loopback main listener; check it every second
+        # so start waits on real readiness without the default 10 s first interval.
+        health=(("interval", "1s"), ("timeout", "3s"), ("retries", "3"), ("start-period", "0s")),
+        labels=labels_for(plan, "pipelock"),
+    )
+    proxy = ContainerSpec(
+        role="mitmproxy",
+        name=f"{bid}-proxy",
+        image=plan.proxy_image,
+        network=egress_net.name,
+        extra_networks=((agent_net.name, PROXY_ALIAS), (scanner_net.name, None)),
+        alias=None,
+        user=PROXY_UID,
+        # Real credentials live only here, passed by name from bottle's environment.
+        env=tuple(EnvVar(name=ref, value=None) for ref in plan.egress.token_refs),
+        mounts=(
+            Mount(type="tmpfs", target=RUN_DIR,
+                  options=(("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"),
+                           ("uid", "10001"), ("gid", "10001"), ("mode", "0700"))),
+            Mount(type="tmpfs", target="/tmp", options=(("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"))),
+        ),
+        command=(),
+        read_only=True,
+        # A dual-homed proxy must never route packets between its networks, and it binds
+        # the DNS responder on port 53 without any capability.
+        sysctls=(
+            ("net.ipv4.ip_forward", "0"),
+            ("net.ipv6.conf.all.forwarding", "0"),
+            ("net.ipv4.ip_unprivileged_port_start", "53"),
+        ),
+        cpus=2.0,
+        memory="1g",
+        pids=512,
+        labels=labels_for(plan, "mitmproxy"),
+    )
+    agent = plan.agent
+    proxy_url = f"http://{PROXY_IP}:{PROXY_PORT}"
+    agent_env = [
+        EnvVar(name="HTTPS_PROXY", value=proxy_url),
+        EnvVar(name="https_proxy", value=proxy_url),
+        EnvVar(name="HTTP_PROXY", value=proxy_url),
+        EnvVar(name="http_proxy", value=proxy_url),
+        EnvVar(name="NO_PROXY", value="localhost,127.0.0.1,::1"),
+        EnvVar(name="no_proxy", value="localhost,127.0.0.1,::1"),
+        EnvVar(name="NODE_USE_ENV_PROXY", value="1"),
+        EnvVar(name="SSL_CERT_FILE", value=AGENT_CA_BUNDLE),
+        EnvVar(name="REQUESTS_CA_BUNDLE", value=AGENT_CA_BUNDLE),
+        EnvVar(name="CURL_CA_BUNDLE", value=AGENT_CA_BUNDLE),
+        EnvVar(name="GIT_SSL_CAINFO", value=AGENT_CA_BUNDLE),
+        EnvVar(name="PIP_CERT", value=AGENT_CA_BUNDLE),
+        EnvVar(name="NODE_EXTRA_CA_CERTS", value=AGENT_CA_FILE),
+        *(EnvVar(name=ref, value=placeholder_marker(ref)) for ref in plan.egress.token_refs),
+        *(EnvVar(name=k, value=v) for k, v in agent.env),
+    ]
+    mounts = []
+    if agent.workspace:
+        mounts.append(Mount(type="bind", source=agent.workspace, target=agent.workdir))
+    agent_container = ContainerSpec(
+        role="agent",
+        name=f"{bid}-agent",
+        image=agent.image,
+        network=agent_net.name,
+        extra_networks=(),
+        alias=None,
+        user=agent.user,
+        env=tuple(agent_env),
+        mounts=tuple(mounts),
+        # The container idles until the CA is installed; the agent command then runs
+        # through `docker exec` so its exit code and terminal are the user's.
+        entrypoint="sleep",
+        command=("infinity",),
+        workdir=agent.workdir,
+        init=True,
+        dns=(PROXY_IP,),
+        cpus=agent.resources.cpus,
+        memory=agent.resources.memory,
+        pids=agent.resources.pids,
+        labels=labels_for(plan, "agent"),
+    )
+    return DockerBottlePlan(
+        bottle=plan,
+        networks=(agent_net, scanner_net, egress_net),
+        volumes=(config_volume,),
+        containers=(pipelock, proxy, agent_container),
+    )
+
+
+def network_create_argv(network: NetworkSpec) -> list[str]:
+    argv = ["network", "create", "--driver", "bridge"]
+    if network.internal:
+        argv.append("--internal")
+    for key, value in network.options:
+        argv += ["--opt", f"{key}={value}"]
+    for key, value in network.labels:
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, network.name]
+
+
+def volume_create_argv(volume: VolumeSpec) -> list[str]:
+    argv = ["volume", "create"]
+    for key, value in volume.labels:
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, volume.name]
+
+
+def create_argv(container: ContainerSpec) -> list[str]:
+    argv = ["create", "--name", container.name, "--network", container.network]
+    if container.alias:
+        argv += ["--network-alias", container.alias]
+    argv += ["--user", container.user]
+    for cap in container.cap_drop:
+        argv += ["--cap-drop", cap]
+    for opt in container.security_opt:
+        argv += ["--security-opt", opt]
+    if container.read_only:
+        argv.append("--read-only")
+    if container.init:
+        argv.append("--init")
+    for key, value in container.sysctls:
+        argv += ["--sysctl", f"{key}={value}"]
+    for server in container.dns:
+        argv += ["--dns", server]
+    if container.cpus is not None:
+        argv += ["--cpus", f"{container.cpus:g}"]
+    if container.memory is not None:
+        argv += ["--memory", container.memory, "--memory-swap", container.memory]
+    if container.pids is not None:
+        argv += ["--pids-limit", str(container.pids)]
+    for key, value in container.health:
+        argv.append(f"--health-{key}={value}")
+    for mount in container.mounts:
+        argv += mount.argv()
+    for var in container.env:
+        argv += ["--env", var.name if var.value is None else f"{var.name}={var.value}"]
+    for key, value in container.labels:
+        argv += ["--label", f"{key}={value}"]
+    if container.workdir:
+        argv += ["--workdir", container.workdir]
+    if container.entrypoint:
+        argv += ["--entrypoint", container.entrypoint]
+    return [*argv, container.image, *container.command]
+
+
+def connect_argv(container: ContainerSpec) -> list[list[str]]:
+    out = []
+    for network, alias in container.extra_networks:
+        argv = ["network", "connect"]
+        if alias:
+            argv += ["--alias", alias]
+        out.append([*argv, network, container.name])
+    return out
+
+
+DRY_RUN_SCHEMA_VERSION = 1
+
+
+def plan_document(dplan: DockerBottlePlan) -> dict:
+    """The versioned dry-run JSON contract. Changing a field's meaning or removing one
+    needs a new `schema_version`; adding a field does not."""
+    plan = dplan.bottle
+    return {
+        "schema_version": DRY_RUN_SCHEMA_VERSION,
+        "bottle": {
+            "name": plan.name,
+            "id": plan.bottle_id,
+            "manifest": plan.manifest,
+            "backend": "docker",
+        },
+        "agent": {
+            "image": plan.agent.image,
+            "command": list(plan.agent.command),
+            "workdir": plan.agent.workdir,
+            "workspace": plan.agent.workspace,
+            "user": plan.agent.user,
+            "resources": {
+                "cpus": plan.agent.resources.cpus,
+                "memory": plan.agent.resources.memory,
+                "pids": plan.agent.resources.pids,
+            },
+        },
+        "egress": {
+            "mode": plan.egress.mode,
+            "mitm": {"enabled": True, "ca_fingerprint": None},
+            "rules": [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "methods": list(r.methods) if r.methods else None,
+                    "paths": list(r.paths) if r.paths else None,
+                    "ports": list(r.ports),
+                    "private_upstream": r.private_upstream,
+                    "scan_body": r.scan_body,
+                }
+                for r in plan.egress.rules
+            ],
+            "routes": [
+                {
+                    "id": r.id,
+                    "host": r.host,
+                    "methods": list(r.methods) if r.methods else None,
+                    "paths": list(r.paths) if r.paths else None,
+                    "scheme": r.scheme,
+                    "header": r.header,
+                    "username": r.username,
+                    "token_ref": r.token_ref,
+                    "token_present": r.token_present,
+                }
+                for r in plan.egress.routes
+            ],
+            "upstream_ca": plan.egress.upstream_ca,
+            "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
+        },
+        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode},
+        "networks": [
+            {
+                "role": n.role,
+                "name": n.name,
+                "internal": n.internal,
+                "created": n.create,
+                "options": dict(n.options),
+                "labels": dict(n.labels),
+            }
+            for n in dplan.networks
+        ],
+        "volumes": [{"name": v.name, "labels": dict(v.labels)} for v in dplan.volumes],
+        "containers": [
+            {
+                "role": c.role,
+                "name": c.name,
+                "image": c.image,
+                "networks": [c.network, *(n for n, _ in c.extra_networks)],
+                "user": c.user,
+                "read_only": c.read_only,
+                "cap_drop": list(c.cap_drop),
+                "security_opt": list(c.security_opt),
+                "sysctls": dict(c.sysctls),
+                "dns": list(c.dns),
+                "resources": {"cpus": c.cpus, "memory": c.memory, "pids": c.pids},
+                "mounts": [
+                    {"type": m.type, "source": m.source, "target": m.target, "read_only": m.read_only}
+                    for m in c.mounts
+                ],
+                "env": {v.name: v.shown() for v in c.env},
+                "labels": dict(c.labels),
+                "create_argv": ["docker", *create_argv(c)],
+                "connect_argv": [["docker", *argv] for argv in connect_argv(c)],
+            }
+            for c in dplan.containers
+        ],
+        "start_order": list(dplan.start_order),
+        "teardown": [{"kind": kind, "name": name} for kind, name in dplan.teardown],
+    }

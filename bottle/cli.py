@@ -1,0 +1,168 @@
+"""The command line: parse flags, call one function per command, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bottle import __version__
+from bottle.errors import BottleError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="bottle")
+def cli() -> None:
+    """Run an autonomous coding agent in a bottle.
+
+    Everything that leaves the agent is decrypted by an egress proxy, checked against the
+    manifest's rules, scanned for secrets by pipelock, and logged. The agent never holds
+    a real credential.
+    """
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+def validate(manifest: Path) -> None:
+    """Check a manifest and report every problem in it."""
+    from bottle.manifest import load_manifest
+
+    loaded = load_manifest(manifest)
+    egress = loaded.data["egress"]
+    click.echo(
+        f"{manifest}: valid (bottle {loaded.data['name']!r}, {len(egress['allow'])} allow "
+        f"rule{'s' if len(egress['allow']) != 1 else ''}, {len(egress['routes'])} credential "
+        f"route{'s' if len(egress['routes']) != 1 else ''}, egress mode {egress['mode']})"
+    )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema (for editors: yaml-language-server `$schema`)."""
+    from bottle.manifest import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--dry-run", is_flag=True, help="Show the whole plan and touch nothing.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Dry-run output format; json is a versioned contract (docs/dry-run-json.md).",
+)
+@click.option(
+    "--egress-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the proxy's JSON request log here (default: under $XDG_STATE_HOME/bottle/logs).",
+)
+def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None) -> None:
+    """Start a bottle from MANIFEST and run the agent in it.
+
+    Put a command after `--` to run it instead of the manifest's agent.command:
+
+        bottle start examples/claude.yaml -- claude -p "fix the failing test"
+
+    The agent's exit code becomes bottle's.
+    """
+    from bottle.backend.docker.plan import docker_plan
+    from bottle.manifest import load_manifest
+    from bottle.plan import build_plan, new_run_id
+
+    loaded = load_manifest(manifest)
+    plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None)
+    dplan = docker_plan(plan)
+    if dry_run:
+        if output_format == "json":
+            click.echo(json.dumps(dplan.to_dict(), indent=2))
+        else:
+            from bottle.preflight import render_preflight
+
+            click.echo(render_preflight(dplan), nl=False)
+        return
+    if output_format != "text":
+        raise click.UsageError("--format applies to --dry-run only")
+    from bottle.backend.docker.backend import DockerBackend
+    from bottle.run import run_bottle
+
+    exit_code = run_bottle(dplan, DockerBackend.from_environment(), egress_log=egress_log)
+    sys.exit(exit_code)
+
+
+@cli.command()
+@click.option(
+    "--base-image",
+    "base_images",
+    multiple=True,
+    metavar="KIND=IMAGE",
+    help="Override a base image: python=IMAGE (egress proxy) or node=IMAGE (agent). Repeatable.",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Trust this CA bundle during the build only (behind a TLS-inspecting proxy). "
+    "It is passed as a BuildKit secret and never stored in an image.",
+)
+@click.option("--only", type=click.Choice(["egress-proxy", "agent"]), help="Build one image only.")
+@click.option("--no-cache", is_flag=True, help="Build without Docker's layer cache.")
+def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, no_cache: bool) -> None:
+    """Build bottle's images (egress proxy and agent)."""
+    from bottle.backend.docker.build import build_images, parse_base_images
+
+    build_images(
+        parse_base_images(base_images),
+        ca_cert=ca_cert,
+        only=only,
+        no_cache=no_cache,
+    )
+
+
+@cli.command()
+@click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def cleanup(remove_all: bool, dry_run: bool) -> None:
+    """Remove containers, volumes and networks that a killed `bottle start` left behind."""
+    from bottle.backend.docker.backend import DockerBackend
+
+    DockerBackend.from_environment().cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print a shell completion script: eval "$(bottle completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    completion_class = get_completion_class(shell)
+    assert completion_class is not None
+    click.echo(completion_class(cli, {}, "bottle", "_BOTTLE_COMPLETE").source())
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="bottle", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BottleError as e:  # pragma: no cover - BottleError is a ClickException
+        e.show()
+        return e.exit_code
+    return 0

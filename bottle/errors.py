@@ -1,0 +1,45 @@
+"""One exception family for everything bottle reports to a user.
+
+Each family has its own exit code so scripts can tell them apart. click keeps 1 (a
+generic ClickException) and 2 (usage errors); ours start at 3. When `bottle start`
+runs an agent, the agent command's own exit code is returned instead.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+class BottleError(click.ClickException):
+    """An error a user can act on: printed as `Error: <message>` without a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, tip: str | None = None) -> None:
+        if tip:
+            message = f"{message}\nTip: {tip}"
+        super().__init__(message)
+
+
+class ManifestError(BottleError):
+    """The manifest cannot be read or does not follow the manifest schema."""
+
+    exit_code = 3
+
+
+class BackendError(BottleError):
+    """The container engine refused or failed a command."""
+
+    exit_code = 4
+
+
+class StartError(BottleError):
+    """A bottle component did not become ready; everything already created is torn down."""
+
+    exit_code = 5
+
+
+class NotSupportedError(BottleError):
+    """The request is valid but this version of bottle cannot do it yet."""
+
+    exit_code = 6

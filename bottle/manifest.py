@@ -1,0 +1,455 @@
+"""The manifest: the only module that knows YAML.
+
+`load_manifest(path)` reads a manifest with PyYAML's safe loader, checks it against
+`MANIFEST_SCHEMA` and the rules no schema can express, and returns a validated dict
+with every default filled in. Every problem is reported at once, each with the file,
+the line, the key path (`egress.routes[1].auth.scheme`), what was expected and what
+was found. Unknown keys are errors: a misspelt security setting must never be
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bottle import schema
+from bottle.errors import ManifestError
+from bottle.schema import Bool, Field, Int, ListOf, MapOf, Num, Obj, OneOf, Problem, Str
+
+MANIFEST_VERSION = 1
+DEFAULT_AGENT_IMAGE = "bottle/agent:0.1.0"
+DEFAULT_PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock:2.3.0"
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_NODES = 20_000
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_PATTERN = rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?"
+ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# Names bottle sets in the agent itself; a manifest may not override them.
+RESERVED_AGENT_ENV = frozenset(
+    {
+        "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy",
+        "ALL_PROXY", "all_proxy", "NODE_USE_ENV_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+        "NODE_EXTRA_CA_CERTS", "GIT_SSL_NO_VERIFY", "NODE_TLS_REJECT_UNAUTHORIZED",
+        "PYTHONHTTPSVERIFY",
+    }
+)
+
+
+def _lower(value: str) -> str:
+    return value.lower().rstrip(".")
+
+
+def _methods() -> ListOf:
+    return ListOf(
+        Str(choices=HTTP_METHODS),
+        min_items=1,
+        unique=True,
+        description="HTTP methods this applies to; omit for every method.",
+    )
+
+
+def _paths() -> ListOf:
+    return ListOf(
+        Str(pattern=r"/[^\s?#]*", expected="a path prefix starting with /", max_length=1024),
+        min_items=1,
+        unique=True,
+        description="URL path prefixes this applies to (`/v1/` matches `/v1/messages`); omit for every path.",
+    )
+
+
+def _host(what: str) -> Str:
+    return Str(
+        pattern=HOST_PATTERN,
+        expected="a lower-case DNS name such as api.example.com or a *. wildcard such as *.example.com",
+        max_length=253,
+        normalize=_lower,
+        description=f"{what}: an exact DNS name, or `*.example.com` for any subdomain (not the apex). Case-insensitive.",
+    )
+
+
+ALLOW_RULE = Obj(
+    description="One host the agent may reach, optionally narrowed to methods, paths and ports.",
+    fields={
+        "host": Field(_host("Destination host"), required=True),
+        "methods": Field(_methods()),
+        "paths": Field(_paths()),
+        "ports": Field(
+            ListOf(Int(minimum=1, maximum=65535), min_items=1, unique=True,
+                   description="Destination ports (default 443 and 80)."),
+            default=lambda: [443, 80],
+        ),
+        "private_upstream": Field(
+            Bool(description="Allow this host to resolve to a private, loopback or link-local "
+                 "address (for a corporate server or a test upstream). Off by default: "
+                 "non-global addresses are refused."),
+            default=False,
+        ),
+        "scan_body": Field(
+            Bool(description="Scan request bodies for secrets (default true). Set false only "
+                 "for hosts that receive binary bodies that cannot be scanned, such as git "
+                 "packfiles; the URL and headers are still scanned and the body is streamed."),
+            default=True,
+        ),
+    },
+)
+
+AUTH = Obj(
+    description="How the proxy injects the real credential. The value is read from the host "
+    "environment variable named by token_ref when the bottle starts; it never appears in "
+    "the manifest, the plan, the agent or a log.",
+    fields={
+        "scheme": Field(
+            Str(choices=("bearer", "token", "basic", "header"),
+                description="bearer: `Authorization: Bearer <v>`; token: `Authorization: token <v>`; "
+                "basic: `Authorization: Basic base64(username:v)`; header: `<header>: <v>`."),
+            required=True,
+        ),
+        "token_ref": Field(
+            Str(pattern=ENV_NAME_PATTERN, expected="an environment variable name such as ANTHROPIC_API_KEY",
+                description="Name of the host environment variable holding the real credential."),
+            required=True,
+        ),
+        "header": Field(
+            Str(pattern=r"[A-Za-z0-9-]{1,64}", expected="an HTTP header name such as x-api-key",
+                normalize=str.lower, description="Header name, for scheme `header` only."),
+        ),
+        "username": Field(
+            Str(pattern=r"[^:\s]{1,128}", expected="a user name without ':' or spaces",
+                description="User name for scheme `basic` (e.g. x-access-token for GitHub)."),
+        ),
+    },
+)
+
+ROUTE = Obj(
+    description="A credential route: requests matching it get the real credential injected.",
+    fields={
+        "host": Field(_host("Host the credential is sent to"), required=True),
+        "methods": Field(_methods()),
+        "paths": Field(_paths()),
+        "auth": Field(AUTH, required=True),
+    },
+)
+
+MEMORY = OneOf(
+    alternatives=(
+        Str(pattern=r"[1-9][0-9]*[kmgKMG]?", expected="a size"),
+        Int(minimum=4 * 1024 * 1024),
+    ),
+    expected="a memory size such as 512m or 4g",
+    description="Memory limit, e.g. 4g (swap is disabled).",
+)
+
+MANIFEST_SCHEMA = Obj(
+    description="A bottle manifest (version 1).",
+    fields={
+        "version": Field(Int(minimum=1, maximum=1, description="Manifest format version."), required=True),
+        "name": Field(
+            Str(pattern=r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?",
+                expected="a name of lower-case letters, digits and dashes (at most 32)",
+                description="The bottle's name; containers and networks are named after it."),
+            required=True,
+        ),
+        "agent": Field(
+            Obj(
+                description="The agent container.",
+                fields={
+                    "image": Field(Str(pattern=r"[^\s]+", expected="an image reference",
+                                       description="Agent image."), default=DEFAULT_AGENT_IMAGE),
+                    "command": Field(
+                        ListOf(Str(max_length=65536), min_items=1,
+                               description="Command to run (argv list). `bottle start M -- cmd...` overrides it."),
+                        default=lambda: ["claude"],
+                    ),
+                    "workdir": Field(Str(pattern=r"/[^\0]*", expected="an absolute path",
+                                         description="Working directory inside the agent."),
+                                     default="/workspace"),
+                    "workspace": Field(Str(pattern=r"[^\0]+", expected="a host directory path",
+                                           description="Host directory mounted read-write at workdir, "
+                                           "relative to the manifest file.")),
+                    "user": Field(
+                        Str(pattern=r"[0-9]+:[0-9]+", expected="a numeric UID:GID such as 1000:1000",
+                            description="Non-root user the agent runs as."),
+                        default="1000:1000",
+                    ),
+                    "env": Field(MapOf(key=Str(pattern=ENV_NAME_PATTERN, expected="an environment variable name"),
+                                       value=Str(max_length=32768),
+                                       description="Extra environment variables for the agent (never secrets)."),
+                                 default=dict),
+                    "resources": Field(
+                        Obj(description="Resource limits.", fields={
+                            "cpus": Field(Num(exclusive_minimum=0, maximum=256, description="CPU limit."), default=2),
+                            "memory": Field(MEMORY, default="4g"),
+                            "pids": Field(Int(minimum=16, maximum=1_000_000, description="Process limit."), default=1024),
+                        }),
+                        default=lambda: {"cpus": 2, "memory": "4g", "pids": 1024},
+                    ),
+                },
+            ),
+            default=dict,
+        ),
+        "egress": Field(
+            Obj(
+                description="What may leave the bottle.",
+                fields={
+                    "mode": Field(
+                        Str(choices=("enforce", "discover"),
+                            description="enforce: block what the rules do not allow. discover: log what "
+                            "would be blocked and let it through (secret scanning still blocks)."),
+                        default="enforce",
+                    ),
+                    "allow": Field(ListOf(ALLOW_RULE, description="Allowed destinations."), default=list),
+                    "routes": Field(ListOf(ROUTE, description="Credential routes."), default=list),
+                    "upstream_ca": Field(Str(pattern=r"[^\0]+", expected="a path to a PEM file",
+                                             description="Extra CA bundle (PEM) trusted for upstream hosts "
+                                             "with private CAs, relative to the manifest file; public roots stay trusted.")),
+                },
+            ),
+            default=dict,
+        ),
+        "scanner": Field(
+            Obj(
+                description="The pipelock DLP scanner.",
+                fields={
+                    "image": Field(Str(pattern=r"[^\s]+", expected="an image reference",
+                                       description="pipelock image (pinned)."), default=DEFAULT_PIPELOCK_IMAGE),
+                    "mode": Field(Str(choices=("block", "audit"),
+                                      description="block: a finding blocks the request. audit: findings are "
+                                      "logged as would_block. An unreachable scanner blocks in both modes."),
+                                  default="block"),
+                },
+            ),
+            default=dict,
+        ),
+        "docker": Field(
+            Obj(
+                description="Settings for the Docker backend.",
+                fields={
+                    "egress_network": Field(
+                        Str(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", expected="a Docker network name",
+                            description="Attach the egress proxy to this existing network instead of a "
+                            "fresh bridge (e.g. where a private git server runs)."),
+                    ),
+                },
+            ),
+            default=dict,
+        ),
+    },
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: `data` follows MANIFEST_SCHEMA with every default filled in."""
+
+    path: Path
+    data: Mapping[str, Any]
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the manifest, relative to the manifest's own directory."""
+        return (self.directory / os.path.expanduser(relative)).resolve()
+
+
+def json_schema() -> dict[str, Any]:
+    document = MANIFEST_SCHEMA.json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://bottle.dev/schema/manifest-v1.json",
+        "title": "bottle manifest",
+        **document,
+    }
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: is a directory, expected a manifest file") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot be read: {e.strerror}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {len(raw)} bytes is too large for a manifest (limit {MAX_MANIFEST_BYTES})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: Path) -> Manifest:
+    document, lines = _load_yaml(text, path)
+    problems: list[Problem] = []
+    data = MANIFEST_SCHEMA.check(document, (), problems)
+    if not problems:
+        problems.extend(_check_semantics(data, path))
+    if problems:
+        raise ManifestError(_format_problems(path, problems, lines))
+    return Manifest(path=path, data=data)
+
+
+# -- YAML with line numbers ------------------------------------------------------------
+
+
+def _load_yaml(text: str, path: Path) -> tuple[Any, dict[schema.Path, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = e.problem or e.context or "invalid YAML"
+        raise ManifestError(f"{path}{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML: {e}") from None
+    if node is None:
+        raise ManifestError(f"{path}: the file is empty; expected a manifest mapping (see `bottle schema`)")
+    lines: dict[schema.Path, int] = {}
+    constructor = yaml.SafeLoader("")
+    budget = [MAX_NODES]
+    try:
+        value = _to_python(node, (), lines, constructor, path, budget)
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{path}: not valid YAML: {e}") from None
+    return value, lines
+
+
+def _to_python(
+    node: yaml.Node, at: schema.Path, lines: dict, constructor: yaml.SafeLoader, path: Path, budget: list[int]
+) -> Any:
+    # Aliases are shared nodes: expanding them can explode ("billion laughs"). A manifest
+    # never needs more than a few thousand values, so stop long before that matters.
+    budget[0] -= 1
+    if budget[0] < 0 or len(at) > 64:
+        raise ManifestError(f"{path}: too many nested or repeated values (YAML aliases?); a manifest is small")
+    lines[at] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        constructor.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ManifestError(
+                    f"{path}:{key_node.start_mark.line + 1}: {schema.format_path(at)}: "
+                    "expected a plain key; found a complex (mapping or list) key"
+                )
+            key = constructor.construct_object(key_node)
+            key = key if isinstance(key, str) else str(key)
+            if key in out:
+                raise ManifestError(
+                    f"{path}:{key_node.start_mark.line + 1}: {schema.format_path((*at, key))}: "
+                    f"expected each key once; found {key!r} again (first on line {lines[(*at, key)]})"
+                )
+            lines[(*at, key)] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, (*at, key), lines, constructor, path, budget)
+            lines[(*at, key)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(item, (*at, i), lines, constructor, path, budget) for i, item in enumerate(node.value)]
+    return constructor.construct_object(node)
+
+
+def _line_for(path: schema.Path, lines: Mapping[schema.Path, int]) -> int | None:
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _format_problems(path: Path, problems: list[Problem], lines: Mapping[schema.Path, int]) -> str:
+    rendered = []
+    for problem in sorted(problems, key=lambda p: (_line_for(p.path, lines) or 0, schema.format_path(p.path))):
+        line = _line_for(problem.path, lines)
+        where = f"{path}:{line}" if line is not None else str(path)
+        message = f"{where}: {schema.format_path(problem.path)}: expected {problem.expected}"
+        if problem.found is not None:
+            message += f"; found {problem.found}"
+        if problem.hint:
+            message += f" ({problem.hint})"
+        rendered.append(message)
+    if len(rendered) == 1:
+        return rendered[0]
+    return f"{len(rendered)} problems in {path}:\n" + "\n".join(rendered)
+
+
+# -- Rules the schema cannot express ------------------------------------------------------
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """`*.example.com` matches any subdomain of example.com, never example.com itself."""
+    host = host.lower().rstrip(".")
+    pattern = pattern.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return host == pattern
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(re.fullmatch(r"[0-9.]+", host))
+    return True
+
+
+def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    egress = data["egress"]
+    for i, rule in enumerate(egress["allow"]):
+        if _is_ip_literal(rule["host"]):
+            problems.append(Problem(("egress", "allow", i, "host"), "a DNS name (IP addresses are always refused)",
+                                    f"string {rule['host']!r}"))
+    for i, route in enumerate(egress["routes"]):
+        at = ("egress", "routes", i)
+        auth = route["auth"]
+        if auth["scheme"] == "header" and "header" not in auth:
+            problems.append(Problem((*at, "auth", "header"), "a header name, because scheme is header", "nothing"))
+        if auth["scheme"] != "header" and "header" in auth:
+            problems.append(Problem((*at, "auth", "header"), "no header (it is only used with scheme header)",
+                                    f"string {auth['header']!r}"))
+        if auth["scheme"] != "basic" and "username" in auth:
+            problems.append(Problem((*at, "auth", "username"), "no username (it is only used with scheme basic)",
+                                    f"string {auth['username']!r}"))
+        if auth["scheme"] == "header" and auth.get("header") in ("host", "content-length", "transfer-encoding",
+                                                                "connection", "te", "upgrade"):
+            problems.append(Problem((*at, "auth", "header"), "a credential header name",
+                                    f"string {auth['header']!r}"))
+        if not _route_is_allowed(route, egress["allow"]):
+            problems.append(Problem((*at, "host"), "a host that an egress.allow rule allows",
+                                    f"string {route['host']!r}", "add an egress.allow rule for it"))
+        if auth["token_ref"] in data["agent"]["env"]:
+            problems.append(Problem(("agent", "env", auth["token_ref"]),
+                                    "no value: the agent gets a placeholder for a credential route's token_ref",
+                                    f"a value for {auth['token_ref']}"))
+    for name in data["agent"]["env"]:
+        if name in RESERVED_AGENT_ENV:
+            problems.append(Problem(("agent", "env", name), "a variable bottle does not set itself",
+                                    f"{name}, which bottle sets to route traffic through the proxy"))
+    if data["agent"]["user"].split(":")[0] == "0":
+        problems.append(Problem(("agent", "user"), "a non-root UID:GID", f"string {data['agent']['user']!r}"))
+    return problems
+
+
+def _route_is_allowed(route: Mapping[str, Any], rules: list[Mapping[str, Any]]) -> bool:
+    host = route["host"]
+    for rule in rules:
+        if host.startswith("*."):
+            if rule["host"] == host or (rule["host"].startswith("*.") and host.endswith(rule["host"][1:])):
+                return True
+        elif host_matches(rule["host"], host):
+            return True
+    return False

@@ -1,0 +1,315 @@
+"""The mitmproxy addon: thin hooks that turn flows into data, ask decide/bodies/scanner,
+and turn verdicts into responses. Every hook fails closed."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mitmproxy import http
+
+from bottle.mitm import decide
+from bottle.mitm.bodies import UnscannableBody, unpack_body
+from bottle.mitm.policy import Policy, Route
+from bottle.mitm.scanner import ScannerUnavailable, scan_request
+
+_META = "bottle"
+logger = logging.getLogger(__name__)
+
+
+def emit_stdout(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def make_block_response(status: int, reason: str, rule_id: str | None) -> http.Response:
+    headers = {"content-type": "text/plain; charset=utf-8", "x-bottle-decision": "block"}
+    if rule_id:
+        headers["x-bottle-rule"] = rule_id
+    return http.Response.make(status, f"bottle: blocked: {reason}\n".encode(), headers)
+
+
+def _state(flow: http.HTTPFlow) -> dict[str, Any]:
+    return flow.metadata.setdefault(
+        _META,
+        {"decided": False, "decision": "allow", "rule": None, "reason": "", "scanner": [],
+         "token_ref": None, "bytes_up": 0, "bytes_down": 0, "logged": False},
+    )
+
+
+def _fail_closed(hook: Callable) -> Callable:
+    """Any exception in a hook blocks the flow with 500; mitmproxy itself would let it through."""
+
+    @functools.wraps(hook)
+    async def wrapper(self: BottleEgress, flow: http.HTTPFlow) -> None:
+        try:
+            await hook(self, flow)
+        except Exception as e:
+            print(f"bottle: {hook.__name__} failed, blocking: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            self._refuse_after_error(flow, hook.__name__, e)
+
+    return wrapper
+
+
+class BottleEgress:
+    """Enforces one bottle's policy on every request (see docs/log-format.md for the log)."""
+
+    def __init__(
+        self,
+        policy: Policy | None = None,
+        scanner: Any = None,
+        env: Mapping[str, str] | None = None,
+        emit: Callable[[dict[str, Any]], None] = emit_stdout,
+    ) -> None:
+        self.policy = policy
+        self.scanner = scanner
+        self.env = os.environ if env is None else env
+        self.emit = emit
+
+    def set_policy(self, policy: Policy, scanner: Any) -> None:
+        self.policy, self.scanner = policy, scanner
+
+    # -- hooks -------------------------------------------------------------
+
+    @_fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        policy = self._policy()
+        st = _state(flow)
+        verdict = decide.check_client(policy, _peer_ip(flow))
+        if verdict.allowed:
+            verdict = decide.check_connect(policy, flow.request.host, flow.request.port)
+        if not verdict.allowed:
+            self._block(flow, verdict)
+            self._log(flow)
+        elif verdict.would_block:
+            st.update(decision="would_block", rule=verdict.rule_id, reason=verdict.reason)
+
+    @_fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        policy = self._policy()
+        st = _state(flow)
+        req = flow.request
+        route = decide.find_route(policy, req.host, req.method, req.path)
+        headers = [(k, v) for k, v in req.headers.items(multi=True)]
+        checks = [
+            lambda: decide.check_client(policy, _peer_ip(flow)),
+            lambda: decide.check_fronting(req.host, flow.client_conn.sni, req.host_header),
+            lambda: decide.check_request(policy, req.host, req.port, req.method, req.path),
+            lambda: decide.check_credentials(policy, route, req.scheme, headers, req.url),
+        ]
+        rule_id = None
+        for check in checks:
+            verdict = check()
+            if not verdict.allowed:
+                return self._block(flow, verdict)
+            if verdict.would_block:
+                self._would_block(st, verdict.rule_id, verdict.reason)
+            rule_id = rule_id or verdict.rule_id
+        st["rule"] = st["rule"] or rule_id
+        if route is not None:
+            st["token_ref"] = route.token_ref
+            try:
+                decide.credential_header(route, self.env)
+            except decide.CredentialMissingError as e:
+                return self._block(flow, decide.block(403, str(e), route.id))
+        rule = next((r for r in policy.rules if r.id == rule_id), None)
+        if rule is not None and not rule.scan_body:
+            # Streamed bodies reach upstream before `request` runs, so decide everything now.
+            if await self._scan(flow, route, []):
+                self._inject(flow, route)
+                st["decided"] = True
+                req.stream = self._counter(st, "bytes_up")
+            return
+        length = req.headers.get("content-length", "")
+        if length.isdigit() and int(length) > policy.scanner.max_body_bytes:
+            return self._block(flow, decide.block(
+                413, f"request body of {int(length)} bytes exceeds the scan limit of {policy.scanner.max_body_bytes}", rule_id
+            ))
+        st["route"] = route
+
+    @_fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = _state(flow)
+        if flow.response is not None or st["decided"]:
+            return
+        policy = self._policy()
+        req = flow.request
+        route: Route | None = st.pop("route", None)
+        body = req.raw_content or b""
+        st["bytes_up"] = len(body)
+        try:
+            strings = unpack_body(
+                body, req.headers.get("content-type"), req.headers.get("content-encoding"),
+                policy.scanner.max_body_bytes,
+            )
+        except UnscannableBody as e:
+            return self._block(flow, decide.block(e.status, e.reason, st["rule"]))
+        if await self._scan(flow, route, strings):
+            self._inject(flow, route)
+            st["decided"] = True
+
+    @_fail_closed
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st = _state(flow)
+        if flow.response is not None and not st.get("blocked"):
+            flow.response.stream = self._counter(st, "bytes_down")
+
+    @_fail_closed
+    async def response(self, flow: http.HTTPFlow) -> None:
+        self._log(flow)
+
+    @_fail_closed
+    async def error(self, flow: http.HTTPFlow) -> None:
+        st = _state(flow)
+        if not st["reason"] and flow.error:
+            st["reason"] = f"proxy error: {flow.error.msg}"
+        self._log(flow, status=flow.response.status_code if flow.response else 502)
+
+    async def server_connect(self, data: Any) -> None:
+        try:
+            host, port = data.server.address
+            policy = self._policy()
+            if (decide.normalize_host(host), port) == decide.scanner_target(policy):
+                return
+            allowance = decide.upstream_allowance(policy, host, port)
+            if allowance is None:
+                data.server.error = f"bottle: {host} is not an allowed upstream"
+            elif decide.is_ip_literal(host) and not decide.is_permitted_upstream_ip(host, allowance):
+                data.server.error = f"bottle: upstream address {host} is not allowed"
+        except Exception as e:
+            print(f"bottle: server_connect failed, refusing: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            data.server.error = f"bottle: internal error in upstream check ({type(e).__name__})"
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        try:
+            # mitmproxy keeps every message of a live websocket; keep only the newest.
+            del flow.websocket.messages[:-1]
+        except Exception:
+            print(f"bottle: websocket_message failed: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            flow.kill()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _policy(self) -> Policy:
+        if self.policy is None:
+            raise RuntimeError("no policy loaded")
+        return self.policy
+
+    async def _scan(self, flow: http.HTTPFlow, route: Route | None, body_strings: list[str]) -> bool:
+        """Ask the scanner about URL + headers + body strings; block and return False on deny."""
+        policy = self._policy()
+        st = _state(flow)
+        req = flow.request
+        skip = decide.credential_header_name(route) if route else None
+        header_values = [v for k, v in req.headers.items(multi=True) if k.lower() != skip]
+        text = "\n".join(header_values + body_strings)
+        if self.scanner is None:
+            self._block(flow, decide.block(503, "scanner unavailable: no scanner configured", st["rule"]))
+            return False
+        try:
+            result = await scan_request(self.scanner, req.url, text)
+        except ScannerUnavailable as e:
+            self._block(flow, decide.block(503, f"scanner unavailable: {e.reason}", st["rule"]))
+            return False
+        if result.decision != "deny":
+            return True
+        st["scanner"] = [rule for rule, _ in result.findings]
+        reason = "scanner found " + "; ".join(f"{rule}: {msg}" for rule, msg in result.findings)
+        if policy.scanner.mode == "audit":
+            self._would_block(st, st["rule"], reason)
+            return True
+        self._block(flow, decide.block(403, reason, st["rule"]))
+        return False
+
+    def _inject(self, flow: http.HTTPFlow, route: Route | None) -> None:
+        if route is None:
+            return
+        name, value = decide.credential_header(route, self.env)
+        flow.request.headers.pop(name, None)
+        flow.request.headers[name] = value
+
+    def _block(self, flow: http.HTTPFlow, verdict: decide.Verdict) -> None:
+        st = _state(flow)
+        st.update(decision="block", reason=verdict.reason, blocked=True, decided=True)
+        st["rule"] = verdict.rule_id or st["rule"]
+        flow.request.stream = False
+        flow.response = make_block_response(verdict.status, verdict.reason, st["rule"])
+
+    def _would_block(self, st: dict[str, Any], rule_id: str | None, reason: str) -> None:
+        if st["decision"] != "would_block":
+            st.update(decision="would_block", rule=rule_id or st["rule"], reason=reason)
+
+    def _refuse_after_error(self, flow: http.HTTPFlow, hook: str, error: Exception) -> None:
+        reason = f"internal error in bottle's {hook} check ({type(error).__name__})"
+        try:
+            if hook in ("http_connect", "requestheaders", "request"):
+                self._block(flow, decide.block(500, reason))
+                if hook == "http_connect":
+                    self._log(flow)
+                return
+            _state(flow).update(decision="block", reason=reason)
+            if flow.killable:
+                flow.kill()
+        except Exception:
+            print(f"bottle: could not refuse flow cleanly: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            if flow.killable:
+                flow.kill()
+
+    @staticmethod
+    def _counter(st: dict[str, Any], key: str) -> Callable[[bytes], bytes]:
+        def count(chunk: bytes) -> bytes:
+            st[key] += len(chunk)
+            return chunk
+
+        return count
+
+    def _log(self, flow: http.HTTPFlow, status: int | None = None) -> None:
+        st = _state(flow)
+        if st["logged"]:
+            return
+        st["logged"] = True
+        req = flow.request
+        if status is None:
+            status = flow.response.status_code if flow.response else 0
+        if st.get("blocked") and flow.response is not None:
+            st["bytes_down"] = len(flow.response.raw_content or b"")
+        started = req.timestamp_start or time.time()
+        self.emit({
+            "time": _rfc3339(started),
+            "bottle": self.policy.bottle if self.policy else None,
+            "client": _peer_ip(flow),
+            "method": req.method,
+            "scheme": req.scheme,
+            "host": req.host,
+            "port": req.port,
+            "path": decide.redact_query(req.path) if req.method != "CONNECT" else "",
+            "status": status,
+            "bytes_up": st["bytes_up"],
+            "bytes_down": st["bytes_down"],
+            "duration_ms": max(0, round((time.time() - started) * 1000)),
+            "decision": st["decision"],
+            "rule": st["rule"],
+            "reason": st["reason"],
+            "scanner": st["scanner"],
+            "token_ref": st["token_ref"],
+        })
+
+
+def _peer_ip(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return decide.normalize_client_ip(str(peer[0])) if peer else "unknown"
+
+
+def _rfc3339(ts: float) -> str:
+    dt = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,84 @@
+"""The human-readable preflight that `bottle start --dry-run` prints."""
+
+from __future__ import annotations
+
+import shlex
+
+from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv
+
+
+def _list(values: tuple[str, ...] | None, every: str) -> str:
+    return ", ".join(values) if values else every
+
+
+def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
+    plan = dplan.bottle
+    lines = [
+        f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
+        "",
+        "Agent",
+        f"  image     {plan.agent.image}",
+        f"  command   {shlex.join(plan.agent.command)}",
+        f"  user      {plan.agent.user}, all capabilities dropped, no-new-privileges",
+        f"  workdir   {plan.agent.workdir}"
+        + (f"  (host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace else "  (no host directory mounted)"),
+        f"  limits    {plan.agent.resources.cpus:g} CPUs, {plan.agent.resources.memory} memory, "
+        f"{plan.agent.resources.pids} processes",
+        "  network   internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name",
+        "",
+        f"Egress ({plan.egress.mode}: "
+        + ("anything not allowed below is blocked)" if plan.egress.mode == "enforce"
+           else "nothing is blocked by these rules, what they would block is logged; secrets are still blocked)"),
+    ]
+    if not plan.egress.rules:
+        lines.append("  (no allow rules: every request is refused)")
+    for rule in plan.egress.rules:
+        extras = []
+        if rule.private_upstream:
+            extras.append("private upstream addresses allowed")
+        if not rule.scan_body:
+            extras.append("bodies not scanned")
+        lines.append(
+            f"  {rule.id:<16} {rule.host}  methods {_list(rule.methods, 'any')}; "
+            f"paths {_list(rule.paths, 'any')}; ports {', '.join(map(str, rule.ports))}"
+            + (f"  [{'; '.join(extras)}]" if extras else "")
+        )
+    lines += ["", "Credentials (injected by the proxy; the agent only holds a placeholder)"]
+    if not plan.egress.routes:
+        lines.append("  (none)")
+    for route in plan.egress.routes:
+        header = route.header if route.scheme == "header" else "authorization"
+        state = "present" if route.token_present else "NOT SET in the environment"
+        lines.append(
+            f"  {route.id:<16} {route.host}  {header} ({route.scheme}) from ${route.token_ref} [{state}]"
+            f"  methods {_list(route.methods, 'any')}; paths {_list(route.paths, 'any')}"
+        )
+    lines += [
+        "",
+        "TLS",
+        "  a new CA is made for this bottle; its private key exists only in the proxy's memory-backed /run/bottle",
+        f"  upstream trust: public roots" + (f" + {plan.egress.upstream_ca}" if plan.egress.upstream_ca else ""),
+        "",
+        f"Scanner  {plan.scanner.image} (mode {plan.scanner.mode}); every decrypted request is scanned; "
+        "an unreachable scanner blocks",
+        "",
+        "Docker resources (created in this order)",
+    ]
+    for network in dplan.networks:
+        kind = "internal, no gateway" if network.internal else "bridge with a route out"
+        verb = "create" if network.create else "use existing"
+        lines.append(f"  network    {network.name}  ({verb}; {kind})")
+    for volume in dplan.volumes:
+        lines.append(f"  volume     {volume.name}")
+    for container in dplan.containers:
+        lines.append(f"  container  {container.name}  ({container.role})")
+        lines.append(f"    $ {shlex.join([docker, *create_argv(container)])}")
+        for argv in connect_argv(container):
+            lines.append(f"    $ {shlex.join([docker, *argv])}")
+    lines += ["", "Teardown (on exit, error, Ctrl-C, SIGTERM or SIGHUP)"]
+    for kind, name in dplan.teardown:
+        lines.append(f"  remove {kind:<9} {name}")
+    if plan.missing_credentials:
+        lines += ["", "Warning: not set in the environment: " + ", ".join(plan.missing_credentials)
+                  + ". Requests on those routes will be refused."]
+    return "\n".join(lines) + "\n"
