@@ -63,7 +63,8 @@ def merge_results(results: list[ScanResult]) -> ScanResult:
     denied = [r for r in results if r.decision == "deny"]
     if not denied:
         return ALLOW
-    return ScanResult("deny", tuple(f for r in denied for f in r.findings))
+    # pipelock may report one pattern once per encoding it found it in.
+    return ScanResult("deny", tuple(dict.fromkeys(f for r in denied for f in r.findings)))
 
 
 class _Conn:

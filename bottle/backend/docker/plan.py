@@ -182,7 +182,9 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         alias=PIPELOCK_ALIAS,
         user=PIPELOCK_UID,
         env=(),
-        mounts=(Mount(type="volume", source=config_volume.name, target=PIPELOCK_CONFIG_DIR, read_only=True),),
+        # `docker cp` cannot write into a read-only mount, so the volume is mounted
+        # read-write; its files are root-owned 0444 and pipelock runs as nobody.
+        mounts=(Mount(type="volume", source=config_volume.name, target=PIPELOCK_CONFIG_DIR),),
         command=("run", "--config", PIPELOCK_CONFIG_FILE),
         read_only=True,
         cpus=1.0,

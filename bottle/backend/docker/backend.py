@@ -1,0 +1,362 @@
+"""The Docker backend: launch a DockerBottlePlan, run the agent, tear everything down."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from bottle.backend.base import BottleBackend, LaunchSecrets, RunningBottle
+from bottle.backend.docker import plan as dp
+from bottle.backend.docker.cli import DockerCLI
+from bottle.errors import BackendError, StartError
+from bottle.mitm.pipelock_config import render_pipelock_config
+from bottle.mitm.render import SCANNER_MAX_BODY_BYTES, render_policy
+from bottle.plan import PROXY_PORT, SCANNER_PORT
+from bottle.signals import signals_ignored
+
+KEEP_ENV = "BOTTLE_KEEP"
+READY_TIMEOUT = 60.0
+
+# Run as root inside the agent before its command: trust the bottle CA in the system
+# store, which update-ca-certificates merges into the bundle SSL_CERT_FILE and friends
+# point at (public roots + bottle CA), then prove the merged bundle holds it.
+INSTALL_CA_SCRIPT = r"""
+set -eu
+ca=/usr/local/share/ca-certificates/bottle-egress-ca.crt
+mkdir -p /usr/local/share/ca-certificates
+cat > "$ca"
+chmod 0644 "$ca"
+if ! command -v update-ca-certificates >/dev/null 2>&1; then
+  echo "the agent image has no update-ca-certificates (install the ca-certificates package)" >&2
+  exit 3
+fi
+update-ca-certificates >/dev/null 2>&1 || update-ca-certificates >&2
+grep -qF "$(sed -n 2p "$ca")" /etc/ssl/certs/ca-certificates.crt
+"""
+
+
+def _tar(files: Mapping[str, bytes], *, mode: int = 0o400, uid: int = 0, gid: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = mode
+            info.uid, info.gid = uid, gid
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def owner_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DockerBackend(BottleBackend):
+    def __init__(self, docker: DockerCLI, *, env: Mapping[str, str] | None = None) -> None:
+        self.docker = docker
+        self.env = os.environ if env is None else env
+
+    @classmethod
+    def from_environment(cls) -> DockerBackend:
+        return cls(DockerCLI())
+
+    # -- launch -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def launch(self, plan: dp.DockerBottlePlan, secrets: LaunchSecrets, *, env: Mapping[str, str]) -> Iterator[RunningBottle]:
+        keep = bool(self.env.get(KEEP_ENV))
+        substitutions = {dp.OWNER: owner_label()}
+        for ref, value in secrets.placeholders.items():
+            substitutions[dp.placeholder_marker(ref)] = value
+        with contextlib.ExitStack() as stack:
+            try:
+                yield self._start(plan, secrets, env, substitutions, stack, keep)
+            finally:
+                # Also when the start fails half-way: remove what was made before the
+                # error propagates, with signals held off so a second Ctrl-C cannot
+                # interrupt the cleanup.
+                with signals_ignored():
+                    stack.close()
+
+    def _start(
+        self,
+        plan: dp.DockerBottlePlan,
+        secrets: LaunchSecrets,
+        env: Mapping[str, str],
+        substitutions: dict[str, str],
+        stack: contextlib.ExitStack,
+        keep: bool,
+    ) -> RunningBottle:
+        for network in plan.networks:
+            if network.create:
+                self.docker.run(dp.network_create_argv(network))
+                stack.callback(self._remove, "network", network.name, keep)
+            elif not self.docker.ok(["network", "inspect", network.name]):
+                raise StartError(
+                    f"the Docker network {network.name!r} named by docker.egress_network does not exist",
+                    tip=f"create it first: docker network create {network.name}",
+                )
+        for volume in plan.volumes:
+            self.docker.run(dp.volume_create_argv(volume))
+            stack.callback(self._remove, "volume", volume.name, keep)
+
+        pipelock = plan.container("pipelock")
+        self._create(pipelock, substitutions, stack, keep)
+        config = render_pipelock_config(
+            scan_listen=f"0.0.0.0:{SCANNER_PORT}",
+            main_listen=dp.PIPELOCK_MAIN_LISTEN,
+            token=secrets.scanner_token,
+            max_body_bytes=SCANNER_MAX_BODY_BYTES * 2,
+        )
+        self.docker.run(
+            ["cp", "-", f"{pipelock.name}:{dp.PIPELOCK_CONFIG_DIR}"],
+            input=_tar({"pipelock.yaml": config.encode()}, mode=0o444),
+        )
+        self.docker.run(["start", pipelock.name])
+
+        proxy = plan.container("mitmproxy")
+        self._create(proxy, substitutions, stack, keep, env=env)
+        for argv in dp.connect_argv(proxy):
+            self.docker.run(argv)
+        self.docker.run(["start", proxy.name])
+        agent_network = plan.network("agent").name
+        proxy_ip = self._address(proxy.name, agent_network)
+        substitutions[dp.PROXY_IP] = proxy_ip
+
+        agent = plan.container("agent")
+        self._create(agent, substitutions, stack, keep)
+        self.docker.run(["start", agent.name])
+        agent_ip = self._address(agent.name, agent_network)
+
+        self._wait_healthy(pipelock.name)
+        files = {
+            "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
+            "policy.json": render_policy(
+                plan.bottle,
+                clients=[agent_ip],
+                listen_host=proxy_ip,
+                listen_port=PROXY_PORT,
+                scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan",
+                scanner_token=secrets.scanner_token,
+                placeholders=secrets.placeholders,
+                upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
+                dns_host=proxy_ip,
+            ).encode(),
+        }
+        if plan.bottle.egress.upstream_ca:
+            files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
+        self._deliver_to_proxy(proxy.name, files)
+        self._install_ca(agent.name, secrets.ca.cert_pem)
+        return RunningBottle(
+            bottle_id=plan.bottle.bottle_id,
+            agent=agent.name,
+            proxy=proxy.name,
+            scanner=pipelock.name,
+            addresses={"proxy": proxy_ip, "agent": agent_ip},
+        )
+
+    def _create(
+        self,
+        container: dp.ContainerSpec,
+        substitutions: Mapping[str, str],
+        stack: contextlib.ExitStack,
+        keep: bool,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        argv = [_substitute(arg, substitutions) for arg in dp.create_argv(container)]
+        # Secrets reach `docker create` through its environment (`--env NAME`), never argv.
+        names = {var.name for var in container.env if var.value is None}
+        child_env = {k: v for k, v in os.environ.items() if k not in names}
+        if env is not None:
+            child_env.update({name: env[name] for name in names if env.get(name)})
+        self.docker.run(argv, env=child_env)
+        stack.callback(self._remove, "container", container.name, keep)
+
+    def _remove(self, kind: str, name: str, keep: bool) -> None:
+        if keep:
+            print(f"bottle: {KEEP_ENV} is set, keeping {kind} {name}", file=sys.stderr)
+            return
+        args = {
+            "container": ["rm", "--force", "--volumes", name],
+            "volume": ["volume", "rm", "--force", name],
+            "network": ["network", "rm", name],
+        }[kind]
+        for attempt in range(3):
+            try:
+                result = self.docker.run(args, check=False, timeout=60)
+            except BackendError as e:
+                print(f"bottle: warning: could not remove {kind} {name}: {e.message}", file=sys.stderr)
+                return
+            stderr = result.stderr.decode(errors="replace")
+            if result.returncode == 0 or "No such" in stderr or "not found" in stderr:
+                return
+            time.sleep(0.2 * (attempt + 1))
+        print(
+            f"bottle: warning: could not remove {kind} {name}: {stderr.strip()}\n"
+            "  `bottle cleanup` removes it later.",
+            file=sys.stderr,
+        )
+
+    def _address(self, container: str, network: str) -> str:
+        template = f'{{{{with index .NetworkSettings.Networks "{network}"}}}}{{{{.IPAddress}}}}{{{{end}}}}'
+        address = self.docker.output(["inspect", "--format", template, container])
+        if not address:
+            raise StartError(f"container {container} has no address on network {network}")
+        return address
+
+    def _wait_healthy(self, container: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            state = json.loads(self.docker.output(["inspect", "--format", "{{json .State}}", container]))
+            status = state.get("Status")
+            health = (state.get("Health") or {}).get("Status")
+            if status in ("exited", "dead", "removing") or health == "unhealthy":
+                raise StartError(
+                    f"the scanner container {container} is {health or status} (exit code {state.get('ExitCode')})\n"
+                    + self._logs_excerpt(container)
+                )
+            if health == "healthy" or (health is None and status == "running"):
+                return
+            if time.monotonic() > deadline:
+                raise StartError(
+                    f"the scanner container {container} was not healthy after {READY_TIMEOUT:g} s "
+                    f"(health: {health})\n" + self._logs_excerpt(container)
+                )
+            time.sleep(0.1)
+
+    def _logs_excerpt(self, container: str) -> str:
+        result = self.docker.run(["logs", "--tail", "30", container], check=False)
+        text = (result.stdout + result.stderr).decode(errors="replace").strip()
+        return "  last log lines:\n" + "\n".join("    " + line for line in text.splitlines()[-30:])
+
+    def _deliver_to_proxy(self, container: str, files: Mapping[str, bytes]) -> None:
+        result = self.docker.run(
+            ["exec", "-i", container, "/opt/bottle-proxy/bin/python", "-m", "bottle.mitm.receive",
+             "--dir", dp.RUN_DIR, "--timeout", str(int(READY_TIMEOUT))],
+            input=_tar(files, mode=0o400, uid=10001, gid=10001),
+            check=False,
+            timeout=READY_TIMEOUT + 30,
+        )
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip() or result.stdout.decode(errors="replace").strip()
+            raise StartError(
+                f"the egress proxy {container} did not start serving: {detail}\n" + self._logs_excerpt(container)
+            )
+
+    def _install_ca(self, container: str, cert_pem: bytes) -> None:
+        result = self.docker.run(
+            ["exec", "-i", "--user", "0:0", container, "sh", "-c", INSTALL_CA_SCRIPT],
+            input=cert_pem,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StartError(
+                f"installing the bottle CA in the agent {container} failed "
+                f"(exit code {result.returncode}): {result.stderr.decode(errors='replace').strip()}",
+                tip="the agent image needs a POSIX sh, sleep and the ca-certificates package",
+            )
+
+    # -- running ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def follow_egress_log(self, running: RunningBottle, path: Path) -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as sink:
+            follower = subprocess.Popen(
+                self.docker.argv(["logs", "--follow", running.proxy]),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.DEVNULL,
+            )
+        try:
+            yield
+        finally:
+            follower.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                follower.wait(timeout=5)
+            if follower.poll() is None:
+                follower.kill()
+            # Write the complete log once more so nothing logged at the very end is lost.
+            result = self.docker.run(["logs", running.proxy], check=False)
+            if result.returncode == 0:
+                path.write_bytes(result.stdout)
+
+    def run_agent(self, running: RunningBottle, command: Sequence[str], *, interactive: bool) -> int:
+        argv = ["exec", "-i"]
+        if interactive:
+            argv.append("-t")
+        argv += [running.agent, *command]
+        process = subprocess.Popen(self.docker.argv(argv))
+        try:
+            return process.wait()
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+                if process.poll() is None:
+                    process.kill()
+
+    # -- cleanup ------------------------------------------------------------------
+
+    def cleanup(self, *, remove_running: bool, dry_run: bool, echo: Callable[[str], None]) -> int:
+        label = f"label={dp.MANAGED_LABEL}=true"
+        fmt = "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Names}}"
+        containers = self.docker.output(["ps", "--all", "--filter", label, "--format", fmt])
+        volumes = self.docker.output(["volume", "ls", "--filter", label, "--format",
+                                      "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Name}}"])
+        networks = self.docker.output(["network", "ls", "--filter", label, "--format",
+                                       "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Name}}"])
+        removed = 0
+        for kind, listing in (("container", containers), ("volume", volumes), ("network", networks)):
+            for line in filter(None, listing.splitlines()):
+                bottle_id, owner, name = (line.split("\t") + ["", "", ""])[:3]
+                if not remove_running and _owner_alive(owner):
+                    echo(f"skipping {kind} {name}: its bottle {bottle_id} is still running ({owner}); use --all")
+                    continue
+                echo(f"{'would remove' if dry_run else 'removing'} {kind} {name}")
+                if not dry_run:
+                    self._remove(kind, name, keep=False)
+                removed += 1
+        if removed == 0:
+            echo("nothing to clean up")
+        return removed
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _substitute(value: str, substitutions: Mapping[str, str]) -> str:
+    for marker, replacement in substitutions.items():
+        value = value.replace(marker, replacement)
+    return value
+
+
+def _read_upstream_ca(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise StartError(f"egress.upstream_ca: cannot read {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
+    return data

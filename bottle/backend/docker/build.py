@@ -1,0 +1,100 @@
+"""`bottle build`: build bottle's images with BuildKit.
+
+BuildKit is needed for the build-time CA secret. Clients differ: a current `docker`
+needs the buildx plugin, while clients before 23.0 have BuildKit built in behind
+`DOCKER_BUILDKIT=1`. We check which one we have instead of assuming.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import bottle
+from bottle.backend.docker.cli import DockerCLI
+from bottle.errors import BackendError, BottleError
+from bottle.manifest import DEFAULT_AGENT_IMAGE
+from bottle.plan import PROXY_IMAGE
+
+# image name -> (Dockerfile, tag, base-image kind, real upstream base)
+IMAGES = {
+    "egress-proxy": ("Dockerfile.egress-proxy", PROXY_IMAGE, "python", "python:3.13-slim"),
+    "agent": ("Dockerfile.agent", DEFAULT_AGENT_IMAGE, "node", "node:22-bookworm-slim"),
+}
+
+
+def parse_base_images(values: Sequence[str]) -> dict[str, str]:
+    kinds = {kind for _, _, kind, _ in IMAGES.values()}
+    out = {}
+    for value in values:
+        kind, sep, image = value.partition("=")
+        if not sep or kind not in kinds or not image or re.search(r"\s", image):
+            raise BottleError(
+                f"--base-image {value!r}: expected KIND=IMAGE with KIND one of {', '.join(sorted(kinds))}"
+            )
+        out[kind] = image
+    return out
+
+
+def source_root() -> Path:
+    root = Path(bottle.__file__).resolve().parent.parent
+    if not (root / "Dockerfile.egress-proxy").is_file():
+        raise BottleError(
+            "bottle build needs bottle's source tree (Dockerfiles), which this installation does not have",
+            tip="run it from a clone: pip install -e . && bottle build",
+        )
+    return root
+
+
+def buildkit_command(docker: DockerCLI) -> tuple[list[str], dict[str, str]]:
+    """The build argv prefix and extra environment for a BuildKit build with this client."""
+    if docker.ok(["buildx", "version"]):
+        return ["buildx", "build", "--load"], {}
+    version = docker.output(["version", "--format", "{{.Client.Version}}"], check=False)
+    major = re.match(r"(\d+)\.", version)
+    if major and int(major.group(1)) < 23:
+        return ["build"], {"DOCKER_BUILDKIT": "1"}
+    raise BackendError(
+        f"{docker.executable} (client {version or 'unknown'}) has no buildx plugin, so it cannot run "
+        "BuildKit builds",
+        tip="install the docker-buildx plugin, or set BOTTLE_DOCKER to a client with BuildKit "
+        "(e.g. /usr/bin/docker from Debian's docker.io package)",
+    )
+
+
+def build_images(
+    base_images: Mapping[str, str],
+    *,
+    ca_cert: Path | None = None,
+    only: str | None = None,
+    no_cache: bool = False,
+    docker: DockerCLI | None = None,
+) -> None:
+    docker = docker or DockerCLI()
+    root = source_root()
+    prefix, extra_env = buildkit_command(docker)
+    for name, (dockerfile, tag, kind, default_base) in IMAGES.items():
+        if only and name != only:
+            continue
+        argv = [*prefix, "--progress=plain", "--file", str(root / dockerfile), "--tag", tag,
+                "--build-arg", f"BASE_IMAGE={base_images.get(kind, default_base)}"]
+        if ca_cert:
+            argv += ["--secret", f"id=build_ca,src={ca_cert.resolve()}"]
+        if no_cache:
+            argv.append("--no-cache")
+        argv.append(str(root))
+        print(f"bottle: building {tag} from {dockerfile} (base {base_images.get(kind, default_base)})",
+              file=sys.stderr)
+        full = docker.argv(argv)
+        result = subprocess.run(full, env={**os.environ, **extra_env}, stdin=subprocess.DEVNULL, check=False)
+        if result.returncode != 0:
+            raise BackendError(
+                f"building {tag} failed (exit code {result.returncode}): `{shlex.join(full)}`",
+                tip="behind a TLS-inspecting proxy, pass --ca-cert with its CA bundle",
+            )
+        print(f"bottle: built {tag}", file=sys.stderr)

@@ -1,0 +1,275 @@
+"""Run mitmproxy with the BottleEgress addon loaded in-process.
+
+    python -m bottle.mitm.launcher --policy PATH --confdir DIR [--wait-for-files SECONDS]
+
+SIGHUP re-reads the policy (a broken file keeps the old one), SIGTERM/SIGINT stop.
+`<confdir>/../status.json` tells the host when the proxy really serves.
+"""
+
+from __future__ import annotations
+
+import os
+
+# mitmproxy reads these when net/tls.py is imported and would log TLS secrets.
+for _name in ("SSLKEYLOGFILE", "MITMPROXY_SSLKEYLOGFILE"):
+    os.environ.pop(_name, None)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import datetime  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bottle.mitm import decide  # noqa: E402
+from bottle.mitm.policy import Policy, PolicyError, parse_policy  # noqa: E402
+
+SCANNER_PROBE_SECONDS = 30.0
+
+
+class UpstreamRefused(OSError):
+    pass
+
+
+def filter_addresses(policy: Policy, host: str, port: Any, infos: list) -> list:
+    """Keep only the resolved addresses bottle may connect to for this host."""
+    if (decide.normalize_host(host), _port(port)) == decide.scanner_target(policy):
+        return infos
+    allowance = decide.upstream_allowance(policy, host, _port(port))
+    if allowance is None:
+        raise UpstreamRefused(f"bottle: {host} is not an allowed upstream")
+    kept = [info for info in infos if decide.is_permitted_upstream_ip(str(info[4][0]), allowance)]
+    if not kept:
+        shown = ", ".join(sorted({str(i[4][0]) for i in infos}))
+        raise UpstreamRefused(f"bottle: {host} resolves only to refused addresses ({shown})")
+    return kept
+
+
+def _port(port: Any) -> int | None:
+    try:
+        return int(port)
+    except (TypeError, ValueError):
+        return None
+
+
+class GuardedEventLoop(asyncio.SelectorEventLoop):
+    """Filters every outgoing name resolution through the policy.
+
+    mitmproxy connects with asyncio.open_connection, which resolves through
+    loop.getaddrinfo: filtering here pins the checked addresses without a DNS
+    rebinding window and keeps mitmproxy's upstream connection reuse.
+    """
+
+    policy: Policy | None = None
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        infos = await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
+        if self.policy is None or flags & socket.AI_PASSIVE or host is None:
+            return infos
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return filter_addresses(self.policy, name, port, infos)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_status(path: Path, state: str, policy_sha256: str | None, error: str | None) -> None:
+    body = {"state": state, "policy_sha256": policy_sha256, "error": error, "pid": os.getpid()}
+    write_atomic(path, (json.dumps(body) + "\n").encode(), 0o644)
+
+
+def log_event(**fields: Any) -> None:
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    sys.stdout.write(json.dumps({"time": now, **fields}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def read_policy(path: Path) -> tuple[Policy, str]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError("policy is not UTF-8") from None
+    return parse_policy(text), hashlib.sha256(raw).hexdigest()
+
+
+def write_trust_bundle(policy: Policy, path: Path) -> Path:
+    """certifi plus the policy's upstream CA: setting the option replaces certifi."""
+    import certifi
+
+    data = Path(certifi.where()).read_bytes()
+    if policy.upstream_ca:
+        data += b"\n" + Path(policy.upstream_ca).read_bytes()
+    write_atomic(path, data, 0o644)
+    return path
+
+
+def wait_for_files(paths: list[Path], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not all(p.exists() for p in paths):
+        if time.monotonic() > deadline:
+            missing = ", ".join(str(p) for p in paths if not p.exists())
+            raise FileNotFoundError(f"still missing after {seconds:g}s: {missing}")
+        time.sleep(0.1)
+
+
+class Launcher:
+    def __init__(self, policy_path: Path, confdir: Path) -> None:
+        self.policy_path = policy_path
+        self.confdir = confdir
+        self.state_dir = confdir.parent
+        self.status_path = self.state_dir / "status.json"
+        self.trust_path = confdir / "bottle-upstream-trust.pem"
+        self.policy: Policy | None = None
+        self.sha256: str | None = None
+        self.addon: Any = None
+        self.master: Any = None
+        self.dns: Any = None
+        self.served = False
+
+    def _scanner_for(self, policy: Policy) -> Any:
+        from bottle.mitm.scanner import ScannerClient
+
+        return ScannerClient(policy.scanner.url, policy.scanner.token, policy.scanner.timeout_seconds)
+
+    async def run(self) -> int:
+        from mitmproxy import options
+        from mitmproxy.tools.dump import DumpMaster
+
+        from bottle.mitm.addon import BottleEgress
+        from bottle.mitm.scanner import probe_scanner
+
+        loop = asyncio.get_running_loop()
+        try:
+            self.policy, self.sha256 = read_policy(self.policy_path)
+            write_trust_bundle(self.policy, self.trust_path)
+        except (OSError, PolicyError) as e:
+            return self._fail(f"cannot load policy {self.policy_path}: {e}")
+        if isinstance(loop, GuardedEventLoop):
+            loop.policy = self.policy
+        self.addon = BottleEgress(self.policy, self._scanner_for(self.policy))
+
+        opts = options.Options()
+        self.master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        # stdout carries only JSON log lines; mitmproxy's own messages are diagnostics.
+        if self.master._termlog_addon is not None:
+            self.master._termlog_addon.logger.file = sys.stderr
+        self.master.addons.add(self.addon, _StatusOnRunning(self))
+        listen = self.policy.listen
+        opts.update(
+            mode=[f"regular@{listen.host}:{listen.port}"],
+            confdir=str(self.confdir),
+            connection_strategy="lazy",
+            upstream_cert=False,
+            rawtcp=False,
+            http3=False,
+            onboarding=False,
+            termlog_verbosity="warn",
+            store_streamed_bodies=False,
+            ssl_verify_upstream_trusted_ca=str(self.trust_path),
+        )
+        if "flow_detail" in opts:  # only exists with the dumper, which we leave out
+            opts.update(flow_detail=0)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self.master.shutdown)
+        loop.add_signal_handler(signal.SIGINT, self.master.shutdown)
+        (self.state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
+
+        if self.policy.dns is not None:
+            from bottle.mitm.dns import DenyAllDns
+
+            self.dns = DenyAllDns(self.policy.bottle)
+            await self.dns.start(self.policy.dns.host, self.policy.dns.port)
+
+        deadline = time.monotonic() + SCANNER_PROBE_SECONDS
+        while not await probe_scanner(self.policy.scanner.url):
+            if time.monotonic() > deadline:
+                print(f"bottle: scanner at {self.policy.scanner.url} never answered; serving, "
+                      "requests fail closed with 503 until it does", file=sys.stderr, flush=True)
+                break
+            await asyncio.sleep(0.25)
+        try:
+            await self.master.run()
+        finally:
+            if self.dns is not None:
+                self.dns.close()
+        if not self.served:
+            return self._fail("mitmproxy stopped before it was serving (see messages above)")
+        return 0
+
+    def mark_serving(self) -> None:
+        self.served = True
+        write_status(self.status_path, "serving", self.sha256, None)
+        print(f"bottle: proxy serving on {self.policy.listen.host}:{self.policy.listen.port}", file=sys.stderr, flush=True)
+
+    def reload(self) -> None:
+        try:
+            policy, sha = read_policy(self.policy_path)
+            if policy.listen != self.policy.listen or policy.dns != self.policy.dns:
+                raise PolicyError("listen and dns cannot change on reload; restart the proxy")
+            if policy.upstream_ca != self.policy.upstream_ca:
+                write_trust_bundle(policy, self.trust_path)
+                self.master.options.update(ssl_verify_upstream_trusted_ca=str(self.trust_path))
+        except Exception as e:
+            message = f"policy reload failed, keeping the previous policy: {e}"
+            print(f"bottle: {message}", file=sys.stderr, flush=True)
+            log_event(event="policy_reload", decision="block", reason=message, policy_sha256=self.sha256)
+            write_status(self.status_path, "error", self.sha256, message)
+            return
+        scanner = self.addon.scanner
+        if policy.scanner != self.policy.scanner:
+            scanner = self._scanner_for(policy)
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, GuardedEventLoop):
+            loop.policy = policy
+        self.addon.set_policy(policy, scanner)
+        self.policy, self.sha256 = policy, sha
+        log_event(event="policy_reload", decision="allow", reason="policy reloaded", policy_sha256=sha)
+        write_status(self.status_path, "serving", sha, None)
+
+    def _fail(self, message: str) -> int:
+        print(f"bottle: {message}", file=sys.stderr, flush=True)
+        try:
+            write_status(self.status_path, "error", self.sha256, message)
+        except OSError:
+            pass
+        return 1
+
+
+class _StatusOnRunning:
+    """mitmproxy calls `running` once its listeners are bound."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+
+    def running(self) -> None:
+        self.launcher.mark_serving()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bottle.mitm.launcher", description=__doc__.split("\n")[0])
+    parser.add_argument("--policy", required=True, type=Path)
+    parser.add_argument("--confdir", required=True, type=Path)
+    parser.add_argument("--wait-for-files", type=float, default=0.0, metavar="SECONDS")
+    args = parser.parse_args(argv)
+    launcher = Launcher(args.policy, args.confdir)
+    try:
+        wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
+    except FileNotFoundError as e:
+        return launcher._fail(str(e))
+    with asyncio.Runner(loop_factory=GuardedEventLoop) as runner:
+        return runner.run(launcher.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

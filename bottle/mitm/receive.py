@@ -1,0 +1,124 @@
+"""Receive the proxy's secrets as a tar stream on stdin, so the CA key never touches host disk.
+
+    python -m bottle.mitm.receive --dir /run/bottle [--timeout 30]
+
+Accepts only mitmproxy-ca.pem, policy.json and upstream-ca.pem (regular files, no
+paths), writes each 0600 atomically, SIGHUPs a running launcher, then waits for
+status.json to report `serving` with the new policy's sha256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+class ReceiveError(Exception):
+    pass
+
+
+def destinations(root: Path) -> dict[str, Path]:
+    return {
+        "mitmproxy-ca.pem": root / "mitmproxy" / "mitmproxy-ca.pem",
+        "policy.json": root / "policy.json",
+        "upstream-ca.pem": root / "upstream-ca.pem",
+    }
+
+
+def read_members(stream: BinaryIO) -> dict[str, bytes]:
+    """Names to contents; anything but the expected plain files is an error."""
+    allowed = destinations(Path("/")).keys()
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if name not in allowed:
+                    raise ReceiveError(f"unexpected tar member {member.name!r}")
+                if not member.isreg():
+                    raise ReceiveError(f"tar member {member.name!r} is not a regular file")
+                if member.size > MAX_FILE_BYTES:
+                    raise ReceiveError(f"tar member {member.name!r} is too large")
+                if name in files:
+                    raise ReceiveError(f"tar member {member.name!r} appears twice")
+                f = tar.extractfile(member)
+                files[name] = f.read() if f else b""
+    except tarfile.TarError as e:
+        raise ReceiveError(f"not a valid tar stream: {e}") from None
+    for required in ("mitmproxy-ca.pem", "policy.json"):
+        if required not in files:
+            raise ReceiveError(f"tar stream lacks {required}")
+    return files
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        path = destinations(root)[name]
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def signal_launcher(root: Path) -> bool:
+    try:
+        pid = int((root / "launcher.pid").read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return True
+
+
+def wait_for_status(root: Path, sha256: str, timeout: float, since: float) -> None:
+    """Wait for `serving` with sha256; an `error` written after `since` ends the wait."""
+    deadline = time.monotonic() + timeout
+    status_path = root / "status.json"
+    while True:
+        try:
+            status = json.loads(status_path.read_text())
+            written = status_path.stat().st_mtime
+        except (FileNotFoundError, json.JSONDecodeError):
+            status, written = {}, 0.0
+        if status.get("state") == "serving" and status.get("policy_sha256") == sha256:
+            return
+        if status.get("state") == "error" and written >= since:
+            raise ReceiveError(f"proxy reported an error: {status.get('error')}")
+        if time.monotonic() > deadline:
+            raise ReceiveError(f"proxy did not report serving policy sha256 {sha256[:12]} within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bottle.mitm.receive", description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    try:
+        files = read_members(sys.stdin.buffer)
+        since = time.time() - 0.05
+        write_files(args.dir, files)
+        signal_launcher(args.dir)
+        wait_for_status(args.dir, hashlib.sha256(files["policy.json"]).hexdigest(), args.timeout, since)
+    except (ReceiveError, OSError) as e:
+        print(f"bottle: receiving proxy files failed: {e}", file=sys.stderr, flush=True)
+        return 1
+    print("bottle: proxy files received; proxy is serving the new policy", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

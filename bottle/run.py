@@ -1,0 +1,70 @@
+"""Run one bottle: make its secrets, launch it, run the agent, tear it all down.
+
+Teardown is one ExitStack unwound on every way out: normal exit, an error, Ctrl-C,
+SIGTERM and SIGHUP (both turned into an exception here, since Python only raises for
+SIGINT). While tearing down, further signals are ignored so a second Ctrl-C cannot
+leave resources behind; `bottle cleanup` handles SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from bottle.backend.base import BottleBackend, LaunchSecrets
+from bottle.mitm.ca import generate_ca
+from bottle.signals import Terminated, signals_ignored, signals_raise
+
+
+def make_secrets(bottle_id: str, token_refs: tuple[str, ...]) -> LaunchSecrets:
+    return LaunchSecrets(
+        ca=generate_ca(bottle_id),
+        scanner_token=secrets.token_urlsafe(32),
+        placeholders={
+            ref: f"bottle-placeholder-{ref.lower().replace('_', '-')}-{secrets.token_hex(12)}" for ref in token_refs
+        },
+    )
+
+
+def default_log_path(bottle_id: str, env: Mapping[str, str]) -> Path:
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "bottle" / "logs" / f"{bottle_id}.jsonl"
+
+
+def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
+               env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    plan = dplan.bottle
+    log_path = egress_log or default_log_path(plan.bottle_id, env)
+    launch_secrets = make_secrets(plan.bottle_id, plan.egress.token_refs)
+    for ref in plan.missing_credentials:
+        print(f"bottle: warning: {ref} is not set; requests on its credential routes will be refused",
+              file=sys.stderr)
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    stack = contextlib.ExitStack()
+    try:
+        with signals_raise():
+            stack.enter_context(contextlib.closing(_TeardownGuard()))
+            print(f"bottle: starting {plan.bottle_id}", file=sys.stderr)
+            running = stack.enter_context(backend.launch(dplan, launch_secrets, env=env))
+            print(f"bottle: mitm ca fingerprint: {launch_secrets.ca.short_fingerprint}…", file=sys.stderr)
+            print(f"bottle: egress log: {log_path}", file=sys.stderr)
+            stack.enter_context(backend.follow_egress_log(running, log_path))
+            return backend.run_agent(running, plan.agent.command, interactive=interactive)
+    except Terminated as e:
+        print(f"bottle: {e} received, tearing down {plan.bottle_id}", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        with signals_ignored():
+            stack.close()
+
+
+class _TeardownGuard:
+    """Marks the bottom of the stack; closing it prints that teardown finished."""
+
+    def close(self) -> None:
+        print("bottle: torn down", file=sys.stderr)
