@@ -29,6 +29,7 @@ DEFAULT_AGENT_IMAGE = "bottle/agent:0.1.0"
 DEFAULT_PIPELOCK_IMAGE = "ghcr.io/luckypipewrench/pipelock:2.3.0"
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_NODES = 20_000
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 HOST_PATTERN = rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?"
@@ -324,6 +325,10 @@ def _load_yaml(text: str, path: Path) -> tuple[Any, dict[schema.Path, int]]:
     budget = [MAX_NODES]
     try:
         value = _to_python(node, (), lines, constructor, path, budget)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ManifestError(f"{path}{where}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise ManifestError(f"{path}: not valid YAML: {e}") from None
     return value, lines
@@ -338,6 +343,10 @@ def _to_python(
     if budget[0] < 0 or len(at) > 64:
         raise ManifestError(f"{path}: too many nested or repeated values (YAML aliases?); a manifest is small")
     lines[at] = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        raise ManifestError(
+            f"{path}:{node.start_mark.line + 1}: not valid YAML: the tag {node.tag!r} is not allowed in a manifest"
+        )
     if isinstance(node, yaml.MappingNode):
         constructor.flatten_mapping(node)
         out: dict[Any, Any] = {}

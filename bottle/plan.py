@@ -134,7 +134,7 @@ def build_plan(
     return BottlePlan(
         name=data["name"],
         bottle_id=f"bottle-{data['name']}-{run_id}",
-        manifest=str(manifest.path),
+        manifest=str(manifest.path.resolve()),
         agent=AgentSpec(
             image=agent["image"],
             command=tuple(command) if command else tuple(agent["command"]),

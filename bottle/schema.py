@@ -307,7 +307,9 @@ class Obj(Type):
             elif field.required:
                 problems.append(Problem((*path, name), f"a value ({self._field_expected(field)})", "nothing"))
             elif field.default is not MISSING:
-                out[name] = field.default() if callable(field.default) else field.default
+                default = field.default() if callable(field.default) else field.default
+                # A missing section still gets its own fields' defaults.
+                out[name] = field.type.check(default, (*path, name), problems) if isinstance(field.type, Obj) else default
         return out
 
     def _expected(self) -> str:

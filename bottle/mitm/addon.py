@@ -114,7 +114,8 @@ class BottleEgress:
                 return self._block(flow, verdict)
             if verdict.would_block:
                 self._would_block(st, verdict.rule_id, verdict.reason)
-            rule_id = rule_id or verdict.rule_id
+            else:
+                rule_id = rule_id or verdict.rule_id
         st["rule"] = st["rule"] or rule_id
         if route is not None:
             st["token_ref"] = route.token_ref

@@ -1,0 +1,347 @@
+"""The real launcher + real pipelock + the test upstream, all on 127.0.0.1, driven by curl."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bottle.mitm.pipelock_config import render_pipelock_config
+
+pytestmark = pytest.mark.needs_pipelock
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "testtoken-0123456789abcdef0123456789"
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+def pipelock_bin() -> str:
+    found = os.environ.get("BOTTLE_PIPELOCK_BIN") or shutil.which("pipelock")
+    if found and Path(found).exists():
+        return found
+    reason = "pipelock binary not found (set BOTTLE_PIPELOCK_BIN or put pipelock on PATH)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def make_certs(tmp: Path) -> dict[str, Path]:
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bottle test upstream CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {"upstream_ca": tmp / "upstream-ca.pem", "cert": tmp / "leaf.pem", "key": tmp / "leaf-key.pem"}
+    paths["upstream_ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    )
+    return paths
+
+
+def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
+    from bottle.mitm.ca import generate_ca
+
+    ca = generate_ca("bottle-loopback")
+    confdir.mkdir(parents=True)
+    (confdir / "mitmproxy-ca.pem").write_bytes(ca.mitmproxy_pem)
+    (tmp / "bottle-ca.pem").write_bytes(ca.cert_pem)
+    return tmp / "bottle-ca.pem"
+
+
+def policy_json(*, proxy_port, upstream_ca, scanner_port, rules) -> str:
+    return json.dumps({
+        "version": 1,
+        "bottle": "bottle-loopback",
+        "mode": "enforce",
+        "listen": {"host": "127.0.0.1", "port": proxy_port},
+        "clients": ["127.0.0.1"],
+        "rules": rules,
+        "routes": [],
+        "scanner": {"url": f"http://127.0.0.1:{scanner_port}/api/v1/scan", "token": TOKEN, "mode": "block",
+                    "timeout_seconds": 10, "max_body_bytes": 8388608},
+        "upstream_ca": str(upstream_ca),
+        "dns": None,
+    })
+
+
+RULES = [
+    {"id": "egress.allow[0]", "host": "localhost", "methods": ["GET", "POST"], "paths": ["/", "/echo", "/sse"],
+     "ports": None, "private_upstream": True, "scan_body": True},
+    {"id": "egress.allow[1]", "host": "localhost", "methods": ["PUT"], "paths": ["/upload"],
+     "ports": None, "private_upstream": True, "scan_body": False},
+]
+
+
+class Loopback:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.upstream_log = tmp / "upstream.log"
+        self.proxy_log = tmp / "proxy.log"
+        self.proxy_err = tmp / "proxy.err"
+
+    def start(self) -> None:
+        binary = pipelock_bin()
+        certs = make_certs(self.tmp)
+        self.scanner_port = free_port()
+        (self.tmp / "pipelock.yaml").write_text(render_pipelock_config(
+            scan_listen=f"127.0.0.1:{self.scanner_port}", main_listen=f"127.0.0.1:{free_port()}",
+            token=TOKEN, max_body_bytes=8388608))
+        self.procs["pipelock"] = subprocess.Popen(
+            [binary, "run", "--config", str(self.tmp / "pipelock.yaml")],
+            stdout=open(self.tmp / "pipelock.log", "wb"), stderr=subprocess.STDOUT)
+        self.upstream_port = free_port()
+        self.procs["upstream"] = subprocess.Popen(
+            [sys.executable, str(REPO / "tests/upstream/server.py"), "--host", "127.0.0.1",
+             "--port", str(self.upstream_port), "--cert", str(certs["cert"]), "--key", str(certs["key"]),
+             "--name", "loopback"],
+            stdout=open(self.upstream_log, "wb"), stderr=subprocess.DEVNULL)
+        confdir = self.tmp / "run" / "mitmproxy"
+        self.bottle_ca = make_bottle_ca(confdir, self.tmp)
+        self.proxy_port = free_port()
+        rules = [dict(r, ports=[self.upstream_port]) for r in RULES]
+        self.policy_path = self.tmp / "run" / "policy.json"
+        self.policy_path.write_text(policy_json(proxy_port=self.proxy_port, upstream_ca=certs["upstream_ca"],
+                                                scanner_port=self.scanner_port, rules=rules))
+        self.upstream_ca = certs["upstream_ca"]
+        wait_port(self.scanner_port, self.procs["pipelock"])
+        wait_port(self.upstream_port, self.procs["upstream"])
+        env = {k: v for k, v in os.environ.items() if not k.endswith("PROXY") and not k.endswith("proxy")}
+        env["PYTHONPATH"] = str(REPO)
+        self.procs["launcher"] = subprocess.Popen(
+            [sys.executable, "-m", "bottle.mitm.launcher", "--policy", str(self.policy_path),
+             "--confdir", str(confdir)],
+            stdout=open(self.proxy_log, "wb"), stderr=open(self.proxy_err, "wb"), env=env, cwd=self.tmp)
+        self.wait_status(lambda s: s.get("state") == "serving")
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.tmp / "run" / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def wait_status(self, predicate, seconds: float = 30) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if (status := self.status()) and predicate(status):
+                return status
+            if self.procs["launcher"].poll() is not None:
+                raise RuntimeError(f"launcher exited: {self.proxy_err.read_text()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"status never matched: {self.status()} {self.proxy_err.read_text()}")
+
+    def curl(self, path: str, *args: str, host: str = "localhost", timeout: float = 60) -> tuple[int, str]:
+        out = subprocess.run(
+            ["curl", "-sS", "--noproxy", "", "--proxy", f"http://127.0.0.1:{self.proxy_port}",
+             "--cacert", str(self.bottle_ca), "-o", "-", "-w", "\n%{http_code}", "--max-time", str(timeout),
+             *args, f"https://{host}:{self.upstream_port}{path}"],
+            capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def upstream_events(self) -> list[dict]:
+        return [json.loads(line) for line in self.upstream_log.read_text().splitlines() if line.strip()]
+
+    def proxy_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.proxy_log.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def loopback(tmp_path_factory):
+    lb = Loopback(tmp_path_factory.mktemp("loopback"))
+    try:
+        lb.start()
+        yield lb
+    finally:
+        lb.stop()
+
+
+def test_allowed_get_returns_upstream_body(loopback):
+    assert loopback.curl("/") == (200, "hello from loopback\n")
+    line = loopback.proxy_lines()[-1]
+    assert (line["decision"], line["status"], line["rule"], line["host"]) == ("allow", 200, "egress.allow[0]", "localhost")
+
+
+def test_secret_in_https_body_is_blocked_before_upstream(loopback):
+    body = json.dumps({"messages": [{"content": f"here is my key {AWS_KEY} ok"}]})
+    code, text = loopback.curl("/echo", "-X", "POST", "-H", "content-type: application/json", "--data", body)
+    assert code == 403
+    assert text == "bottle: blocked: scanner found DLP-AWS Access ID: Secret-like token detected (AWS Access ID)\n"
+    assert not any(AWS_KEY in e.get("body_text", "") for e in loopback.upstream_events())
+    line = loopback.proxy_lines()[-1]
+    assert line["scanner"] == ["DLP-AWS Access ID"] and AWS_KEY not in json.dumps(line)
+
+
+def test_sse_events_arrive_one_by_one(loopback):
+    proc = subprocess.Popen(
+        ["curl", "-sS", "-N", "--noproxy", "", "--proxy", f"http://127.0.0.1:{loopback.proxy_port}",
+         "--cacert", str(loopback.bottle_ca), f"https://localhost:{loopback.upstream_port}/sse?n=4&interval=0.5"],
+        stdout=subprocess.PIPE, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    arrivals = [time.monotonic() for line in proc.stdout if line.startswith(b"data:")]
+    proc.wait(10)
+    assert len(arrivals) == 4
+    assert arrivals[-1] - arrivals[0] > 1.0
+
+
+def test_large_upload_streams_unscanned_with_bounded_memory(loopback):
+    size = 200 * 1024 * 1024
+    blob = loopback.tmp / "blob.bin"
+    with open(blob, "wb") as f:
+        f.truncate(size)
+    code, text = loopback.curl("/upload", "-X", "PUT", "--data-binary", f"@{blob}", timeout=120)
+    assert code == 200, text
+    assert json.loads(text)["received_bytes"] == size
+    status = Path(f"/proc/{loopback.procs['launcher'].pid}/status").read_text()
+    hwm_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert hwm_kb < 150 * 1024
+    assert loopback.proxy_lines()[-1]["bytes_up"] == size
+
+
+def test_host_without_rule_is_refused_without_upstream_contact(loopback):
+    before = len([e for e in loopback.upstream_events() if e["event"] == "connect"])
+    code, _ = loopback.curl("/", host="not-allowed.test")
+    assert code == 0  # curl sees the 403 on CONNECT as a failed tunnel
+    after = len([e for e in loopback.upstream_events() if e["event"] == "connect"])
+    assert after == before
+    line = loopback.proxy_lines()[-1]
+    assert (line["method"], line["status"], line["decision"]) == ("CONNECT", 403, "block")
+
+
+def test_sighup_reload_applies_and_broken_file_keeps_old_policy(loopback):
+    original = loopback.policy_path.read_text()
+    try:
+        loopback.policy_path.write_text("{broken")
+        loopback.procs["launcher"].send_signal(signal.SIGHUP)
+        loopback.wait_status(lambda s: s["state"] == "error")
+        assert loopback.curl("/")[0] == 200
+        data = json.loads(original)
+        data["rules"][0]["methods"] = ["POST"]
+        loopback.policy_path.write_text(json.dumps(data))
+        loopback.procs["launcher"].send_signal(signal.SIGHUP)
+        loopback.wait_status(lambda s: s["state"] == "serving")
+        code, text = loopback.curl("/")
+        assert code == 403
+        assert text.startswith("bottle: blocked: GET / is not allowed for localhost by egress.allow[0]")
+    finally:
+        loopback.policy_path.write_text(original)
+        loopback.procs["launcher"].send_signal(signal.SIGHUP)
+        loopback.wait_status(lambda s: s["state"] == "serving")
+
+
+def test_files_streamed_by_receive_start_a_waiting_launcher_with_dns(loopback, tmp_path):
+    import io
+    import struct
+    import tarfile
+
+    run_dir = tmp_path / "run"
+    (run_dir / "mitmproxy").mkdir(parents=True)
+    dns_port, proxy_port = free_port(), free_port()
+    policy = json.loads(loopback.policy_path.read_text())
+    policy["listen"]["port"] = proxy_port
+    policy["dns"] = {"host": "127.0.0.1", "port": dns_port}
+    policy["upstream_ca"] = str(run_dir / "upstream-ca.pem")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "bottle.mitm.launcher", "--policy", str(run_dir / "policy.json"),
+         "--confdir", str(run_dir / "mitmproxy"), "--wait-for-files", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in [("mitmproxy-ca.pem", (loopback.tmp / "run/mitmproxy/mitmproxy-ca.pem").read_bytes()),
+                               ("policy.json", json.dumps(policy).encode()),
+                               ("upstream-ca.pem", loopback.upstream_ca.read_bytes())]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        received = subprocess.run([sys.executable, "-m", "bottle.mitm.receive", "--dir", str(run_dir)],
+                                  input=buf.getvalue(), capture_output=True, env=env, timeout=60)
+        assert received.returncode == 0, received.stderr
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "serving"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.sendto(struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x04leak\x07example\x00\x00\x01\x00\x01",
+                     ("127.0.0.1", dns_port))
+            reply = s.recv(512)
+        assert reply[3] & 0x0F == 3
+    finally:
+        launcher.send_signal(signal.SIGTERM)
+        out, _ = launcher.communicate(timeout=10)
+    assert launcher.returncode == 0
+    dns_line = json.loads(out.decode().splitlines()[0])
+    assert (dns_line["qname"], dns_line["decision"]) == ("leak.example.", "block")
+
+
+def test_dead_scanner_fails_closed_with_503(loopback):
+    loopback.procs["pipelock"].send_signal(signal.SIGTERM)
+    loopback.procs["pipelock"].wait(10)
+    code, text = loopback.curl("/")
+    assert code == 503
+    assert text.startswith("bottle: blocked: scanner unavailable:")

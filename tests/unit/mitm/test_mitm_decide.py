@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from bottle.mitm import decide
+from bottle.mitm.launcher import UpstreamRefused, filter_addresses
+from bottle.mitm.policy import parse_policy
+from mitm_fixture import policy_text
+
+
+@pytest.mark.parametrize("pattern, host, expected", [
+    ("api.example.com", "api.example.com", True),
+    ("api.example.com", "API.Example.com.", True),
+    ("api.example.com", "x.api.example.com", False),
+    ("*.example.com", "a.example.com", True),
+    ("*.example.com", "a.b.example.com", True),
+    ("*.example.com", "example.com", False),
+    ("*.example.com", "badexample.com", False),
+    ("*.example.com", "example.com.evil.test", False),
+])
+def test_host_matches(pattern, host, expected):
+    assert decide.host_matches(pattern, host) is expected
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("1.2.3.4", True), ("::1", True), ("[::1]", True), ("fe80::1%eth0", True), ("example.com", False),
+    ("1.2.3.4.nip.io", False),
+])
+def test_is_ip_literal(host, expected):
+    assert decide.is_ip_literal(host) is expected
+
+
+@pytest.mark.parametrize("ip, allow_private, expected", [
+    ("93.184.216.34", False, True),
+    ("2606:4700::1111", False, True),
+    ("10.0.0.1", False, False),
+    ("172.16.5.5", False, False),
+    ("192.168.1.1", False, False),
+    ("127.0.0.1", False, False),
+    ("127.0.0.1", True, True),
+    ("100.64.0.1", False, False),
+    ("169.254.169.254", False, False),
+    ("169.254.169.254", True, False),
+    ("169.254.1.1", False, False),
+    ("::1", False, False),
+    ("fd00::1", False, False),
+    ("fd00:ec2::254", True, False),
+    ("::ffff:10.0.0.1", False, False),
+    ("::ffff:93.184.216.34", False, True),
+    ("::ffff:169.254.169.254", True, False),
+    ("2002:a00:1::", False, False),
+    ("0.0.0.0", True, False),
+    ("224.0.0.1", True, False),
+    ("not-an-ip", True, False),
+])
+def test_is_permitted_upstream_ip(ip, allow_private, expected):
+    assert decide.is_permitted_upstream_ip(ip, allow_private) is expected
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/a", "/a"),
+    ("/a?x=1&y=2", "/a?x=REDACTED&y=REDACTED"),
+    ("/a?flag&k=", "/a?flag&k=REDACTED"),
+])
+def test_redact_query(path, expected):
+    assert decide.redact_query(path) == expected
+
+
+@pytest.mark.parametrize("connect, sni, host, allowed", [
+    ("a.test", "a.test", "a.test", True),
+    ("a.test", None, "A.TEST:443", True),
+    ("a.test", "a.test.", None, True),
+    ("::1", None, "[::1]:443", True),
+    ("a.test", "b.test", None, False),
+    ("a.test", None, "b.test", False),
+])
+def test_check_fronting(connect, sni, host, allowed):
+    assert decide.check_fronting(connect, sni, host).allowed is allowed
+
+
+def test_client_identity_accepts_ipv4_mapped_agent():
+    policy = parse_policy(policy_text())
+    assert decide.check_client(policy, "::ffff:172.20.0.3").allowed
+    assert decide.check_client(policy, "172.20.0.4") == decide.block(
+        403, "client 172.20.0.4 is not this bottle's agent")
+
+
+def infos(*ips):
+    return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 443)) for ip in ips]
+
+
+@pytest.mark.parametrize("host, port, resolved, kept, error", [
+    ("api.anthropic.com", 443, ["160.79.104.10", "10.0.0.5"], ["160.79.104.10"], None),
+    ("api.anthropic.com", 443, ["10.0.0.5"], None,
+     "bottle: api.anthropic.com resolves only to refused addresses (10.0.0.5)"),
+    ("internal.test", 8443, ["10.0.0.5"], ["10.0.0.5"], None),
+    ("evil.test", 443, ["93.184.216.34"], None, "bottle: evil.test is not an allowed upstream"),
+    ("pipelock", 9090, ["172.20.0.5"], ["172.20.0.5"], None),
+])
+def test_resolved_upstream_addresses_are_filtered(host, port, resolved, kept, error):
+    policy = parse_policy(policy_text())
+    if error:
+        with pytest.raises(UpstreamRefused) as e:
+            filter_addresses(policy, host, port, infos(*resolved))
+        assert str(e.value) == error
+    else:
+        assert [i[4][0] for i in filter_addresses(policy, host, port, infos(*resolved))] == kept
+
+
+def test_discover_mode_resolves_unknown_hosts_to_global_addresses_only():
+    policy = parse_policy(policy_text(mode="discover"))
+    assert [i[4][0] for i in filter_addresses(policy, "evil.test", 443, infos("1.1.1.1", "127.0.0.1"))] == ["1.1.1.1"]

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bottle.mitm import launcher as launcher_module
+from bottle.mitm import receive
+from bottle.mitm.addon import BottleEgress
+from bottle.mitm.launcher import Launcher, read_policy
+from mitm_fixture import policy_text
+
+
+def make_launcher(tmp_path, text):
+    confdir = tmp_path / "mitmproxy"
+    confdir.mkdir()
+    policy_path = tmp_path / "policy.json"
+    policy_path.write_text(text)
+    launcher = Launcher(policy_path, confdir)
+    launcher.policy, launcher.sha256 = read_policy(policy_path)
+    launcher.addon = BottleEgress(launcher.policy, scanner=object(), env={}, emit=lambda line: None)
+    return launcher
+
+
+async def reload_in_loop(launcher):
+    launcher.reload()
+
+
+def status(tmp_path):
+    return json.loads((tmp_path / "status.json").read_text())
+
+
+@pytest.mark.parametrize("new_text, message", [
+    ("{broken", "policy reload failed, keeping the previous policy: policy is not valid JSON: "
+                "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    (policy_text(mode="sometimes"), "policy reload failed, keeping the previous policy: "
+                                    "mode: must be one of enforce, discover, got 'sometimes'"),
+    (policy_text(listen={"host": "0.0.0.0", "port": 9999}), "policy reload failed, keeping the previous policy: "
+                                                           "listen and dns cannot change on reload; restart the proxy"),
+])
+def test_sighup_with_broken_policy_keeps_the_old_one(tmp_path, capsys, new_text, message):
+    launcher = make_launcher(tmp_path, policy_text())
+    old_policy, old_sha = launcher.policy, launcher.sha256
+    (tmp_path / "policy.json").write_text(new_text)
+    asyncio.run(reload_in_loop(launcher))
+    assert launcher.addon.policy is old_policy and launcher.sha256 == old_sha
+    assert status(tmp_path) | {"pid": 0} == {"state": "error", "policy_sha256": old_sha, "error": message, "pid": 0}
+    out, err = capsys.readouterr()
+    assert f"bottle: {message}" in err
+    assert json.loads(out)["reason"] == message
+
+
+def test_sighup_with_valid_policy_swaps_it(tmp_path, capsys):
+    launcher = make_launcher(tmp_path, policy_text())
+    new = policy_text(mode="discover")
+    (tmp_path / "policy.json").write_text(new)
+    asyncio.run(reload_in_loop(launcher))
+    assert launcher.addon.policy.mode == "discover"
+    assert status(tmp_path)["state"] == "serving"
+    assert status(tmp_path)["policy_sha256"] == hashlib.sha256(new.encode()).hexdigest()
+
+
+def test_launcher_drops_sslkeylogfile_before_mitmproxy_reads_it(tmp_path):
+    code = ("import os, bottle.mitm.launcher, mitmproxy.net.tls as t; "
+            "print(os.environ.get('SSLKEYLOGFILE'), os.environ.get('MITMPROXY_SSLKEYLOGFILE'), t.log_master_secret)")
+    env = dict(os.environ, SSLKEYLOGFILE=str(tmp_path / "k"), MITMPROXY_SSLKEYLOGFILE=str(tmp_path / "m"),
+               PYTHONPATH=str(Path(launcher_module.__file__).parents[2]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["None", "None", "None"]
+
+
+# -- receive -----------------------------------------------------------------
+
+def tar_of(*members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/etc/passwd"
+            else:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    buf.seek(0)
+    return buf
+
+
+REG = tarfile.REGTYPE
+
+
+@pytest.mark.parametrize("members, message", [
+    ([("mitmproxy-ca.pem", b"k", REG), ("../policy.json", b"{}", REG)], "unexpected tar member '../policy.json'"),
+    ([("mitmproxy-ca.pem", b"k", REG), ("sub/policy.json", b"{}", REG)], "unexpected tar member 'sub/policy.json'"),
+    ([("mitmproxy-ca.pem", b"k", REG), ("policy.json", b"", tarfile.SYMTYPE)],
+     "tar member 'policy.json' is not a regular file"),
+    ([("mitmproxy-ca.pem", b"k", REG)], "tar stream lacks policy.json"),
+    ([("mitmproxy-ca.pem", b"k", REG), ("mitmproxy-ca.pem", b"k", REG), ("policy.json", b"{}", REG)],
+     "tar member 'mitmproxy-ca.pem' appears twice"),
+])
+def test_receive_rejects_unexpected_tar_content(members, message):
+    with pytest.raises(receive.ReceiveError) as e:
+        receive.read_members(tar_of(*members))
+    assert str(e.value) == message
+
+
+def test_receive_writes_files_0600_and_waits_for_serving(tmp_path, monkeypatch):
+    policy = policy_text().encode()
+    stream = tar_of(("./mitmproxy-ca.pem", b"KEY", REG), ("policy.json", policy, REG), ("upstream-ca.pem", b"CA", REG))
+    sha = hashlib.sha256(policy).hexdigest()
+    (tmp_path / "status.json").write_text(json.dumps({"state": "serving", "policy_sha256": sha, "error": None}))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(stream))
+    assert receive.main(["--dir", str(tmp_path), "--timeout", "2"]) == 0
+    for path, data in [("mitmproxy/mitmproxy-ca.pem", b"KEY"), ("policy.json", policy), ("upstream-ca.pem", b"CA")]:
+        assert (tmp_path / path).read_bytes() == data
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == 0o600
+
+
+def test_receive_reports_the_proxy_error(tmp_path):
+    (tmp_path / "status.json").write_text(json.dumps({"state": "error", "policy_sha256": None, "error": "bad CA"}))
+    with pytest.raises(receive.ReceiveError) as e:
+        receive.wait_for_status(tmp_path, "abc", 2, since=0)
+    assert str(e.value) == "proxy reported an error: bad CA"
+
+
+def test_receive_times_out(tmp_path):
+    with pytest.raises(receive.ReceiveError) as e:
+        receive.wait_for_status(tmp_path, "abcdef0123456789", 0.2, since=0)
+    assert str(e.value) == "proxy did not report serving policy sha256 abcdef012345 within 0.2s"
+
+
+def test_receive_signals_a_running_launcher(tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(receive.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    (tmp_path / "launcher.pid").write_text("4242\n")
+    assert receive.signal_launcher(tmp_path) is True
+    assert sent == [(4242, receive.signal.SIGHUP)]
+    assert receive.signal_launcher(tmp_path / "nowhere") is False

@@ -1,0 +1,377 @@
+"""Manifest loading: defaults, and every error path with its message asserted verbatim."""
+
+from __future__ import annotations
+
+import pytest
+
+from bottle.errors import ManifestError
+from bottle.manifest import DEFAULT_AGENT_IMAGE, DEFAULT_PIPELOCK_IMAGE, host_matches, load_manifest
+from tests.unit.conftest import MINIMAL
+
+
+def test_minimal_manifest_gets_every_default(write_manifest):
+    manifest = load_manifest(write_manifest(MINIMAL))
+    assert manifest.data == {
+        "version": 1,
+        "name": "demo",
+        "agent": {
+            "image": DEFAULT_AGENT_IMAGE,
+            "command": ["claude"],
+            "workdir": "/workspace",
+            "user": "1000:1000",
+            "env": {},
+            "resources": {"cpus": 2, "memory": "4g", "pids": 1024},
+        },
+        "egress": {
+            "mode": "enforce",
+            "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True}],
+            "routes": [],
+        },
+        "scanner": {"image": DEFAULT_PIPELOCK_IMAGE, "mode": "block"},
+        "docker": {},
+    }
+
+
+def test_hosts_are_lower_cased_and_trailing_dot_dropped(write_manifest):
+    manifest = load_manifest(write_manifest("""
+        version: 1
+        name: demo
+        egress:
+          allow:
+            - host: api.example.com.
+    """))
+    assert manifest.data["egress"]["allow"][0]["host"] == "api.example.com"
+
+
+def errors_of(write_manifest, text: str) -> str:
+    path = write_manifest(text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.exit_code == 3
+    return info.value.message.replace(str(path), "M")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              alow:
+                - host: api.example.com
+            """,
+            "M:4: egress.alow: expected one of the keys mode, allow, routes, upstream_ca; "
+            "found unknown key 'alow' (did you mean 'allow'?)",
+            id="misspelt-key-did-you-mean",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              routes:
+                - host: api.example.com
+                  auth:
+                    scheme: beerer
+                    token_ref: TOKEN
+              allow:
+                - host: api.example.com
+            """,
+            "M:7: egress.routes[0].auth.scheme: expected one of bearer, token, basic, header; "
+            "found string 'beerer' (did you mean 'bearer'?)",
+            id="bad-enum-did-you-mean",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow: [{host: api.example.com}]
+              routes:
+                - host: api.example.com
+                  auth: {}
+            """,
+            "2 problems in M:\n"
+            "M:7: egress.routes[0].auth.scheme: expected a value (one of bearer, token, basic, header); found nothing\n"
+            "M:7: egress.routes[0].auth.token_ref: expected a value (an environment variable name such as "
+            "ANTHROPIC_API_KEY); found nothing",
+            id="empty-auth",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow: [{host: api.example.com}]
+              routes:
+                - host: api.example.com
+                  auth: {scheme: header, token_ref: KEY}
+            """,
+            "M:7: egress.routes[0].auth.header: expected a header name, because scheme is header; found nothing",
+            id="header-scheme-needs-header",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow: [{host: api.example.com}]
+              routes:
+                - host: other.example.com
+                  auth: {scheme: bearer, token_ref: KEY}
+            """,
+            "M:6: egress.routes[0].host: expected a host that an egress.allow rule allows; "
+            "found string 'other.example.com' (add an egress.allow rule for it)",
+            id="route-outside-allow",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: 10.0.0.1
+            """,
+            "M:5: egress.allow[0].host: expected a DNS name (IP addresses are always refused); "
+            "found string '10.0.0.1'",
+            id="ip-literal-host",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: "exa mple.com"
+            """,
+            "M:5: egress.allow[0].host: expected a lower-case DNS name such as api.example.com or a *. wildcard "
+            "such as *.example.com; found string 'exa mple.com'",
+            id="bad-host",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: api.example.com
+                  ports: [443, 70000]
+            """,
+            "M:6: egress.allow[0].ports[1]: expected an integer from 1 to 65535; found number 70000",
+            id="bad-port",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: api.example.com
+                  paths: [v1/]
+            """,
+            "M:6: egress.allow[0].paths[0]: expected a path prefix starting with /; found string 'v1/'",
+            id="bad-path",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: api.example.com
+                  methods: [GET, FETCH]
+            """,
+            "M:6: egress.allow[0].methods[1]: expected one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; "
+            "found string 'FETCH' (did you mean 'PATCH'?)",
+            id="bad-method",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              mode: enforced
+            """,
+            "M:4: egress.mode: expected one of enforce, discover; found string 'enforced' (did you mean 'enforce'?)",
+            id="bad-mode",
+        ),
+        pytest.param(
+            """
+            version: 2
+            name: demo
+            """,
+            "M:1: version: expected an integer from 1 to 1; found number 2",
+            id="future-version",
+        ),
+        pytest.param(
+            """
+            name: demo
+            """,
+            "M:1: version: expected a value (an integer from 1 to 1); found nothing",
+            id="missing-version",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: Demo_Bottle
+            """,
+            "M:2: name: expected a name of lower-case letters, digits and dashes (at most 32); "
+            "found string 'Demo_Bottle'",
+            id="bad-name",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            agent:
+              user: "0:0"
+            """,
+            "M:4: agent.user: expected a non-root UID:GID; found string '0:0'",
+            id="root-agent",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            agent:
+              env:
+                HTTPS_PROXY: http://elsewhere:3128
+            """,
+            "M:5: agent.env.HTTPS_PROXY: expected a variable bottle does not set itself; "
+            "found HTTPS_PROXY, which bottle sets to route traffic through the proxy",
+            id="reserved-env",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            agent:
+              env:
+                ANTHROPIC_API_KEY: sk-ant-real
+            egress:
+              allow: [{host: api.anthropic.com}]
+              routes:
+                - host: api.anthropic.com
+                  auth: {scheme: header, header: x-api-key, token_ref: ANTHROPIC_API_KEY}
+            """,
+            "M:5: agent.env.ANTHROPIC_API_KEY: expected no value: the agent gets a placeholder for a credential "
+            "route's token_ref; found a value for ANTHROPIC_API_KEY",
+            id="secret-in-agent-env",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            agent:
+              command: claude -p hi
+            """,
+            "M:4: agent.command: expected a list of strings; found string 'claude -p hi'",
+            id="command-not-a-list",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            agent:
+              resources: {memory: lots}
+            """,
+            "M:4: agent.resources.memory: expected a memory size such as 512m or 4g; found string 'lots'",
+            id="bad-memory",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            scanner:
+              mode: warn
+            """,
+            "M:4: scanner.mode: expected one of block, audit; found string 'warn'",
+            id="bad-scanner-mode",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            name: other
+            """,
+            "M:3: name: expected each key once; found 'name' again (first on line 2)",
+            id="duplicate-key",
+        ),
+        pytest.param(
+            """
+            - version: 1
+            """,
+            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, docker; "
+            "found a list of 1 item",
+            id="not-a-mapping",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: [unclosed
+            """,
+            "M:3: not valid YAML: expected ',' or ']', but got '<stream end>'",
+            id="invalid-yaml",
+        ),
+        pytest.param(
+            """
+            version: 1
+            name: demo
+            egress:
+              allow:
+                - host: api.example.com
+                  private_upstream: "yes"
+            """,
+            "M:6: egress.allow[0].private_upstream: expected true or false; found string 'yes'",
+            id="quoted-bool",
+        ),
+    ],
+)
+def test_manifest_errors_name_file_line_path_expected_and_found(write_manifest, text, message):
+    assert errors_of(write_manifest, text) == message
+
+
+def test_empty_file_is_an_error(write_manifest):
+    assert errors_of(write_manifest, "") == (
+        "M: the file is empty; expected a manifest mapping (see `bottle schema`)"
+    )
+
+
+def test_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "nope.yaml")
+    assert info.value.message == f"{tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_python_tags_are_refused(write_manifest):
+    message = errors_of(write_manifest, "version: 1\nname: !!python/object/apply:os.system ['true']\n")
+    assert message == (
+        "M:2: not valid YAML: the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed in a manifest"
+    )
+
+
+def test_alias_bombs_are_refused(write_manifest):
+    lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 8):
+        lines.append(f"a{i}: &a{i} [" + ", ".join(f"*a{i-1}" for _ in range(10)) + "]")
+    assert errors_of(write_manifest, "\n".join(lines) + "\n") == (
+        "M: too many nested or repeated values (YAML aliases?); a manifest is small"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "matches"),
+    [
+        ("api.example.com", "api.example.com", True),
+        ("api.example.com", "API.Example.COM.", True),
+        ("api.example.com", "x.api.example.com", False),
+        ("*.example.com", "api.example.com", True),
+        ("*.example.com", "a.b.example.com", True),
+        ("*.example.com", "example.com", False),
+        ("*.example.com", "badexample.com", False),
+    ],
+)
+def test_host_matching(pattern, host, matches):
+    assert host_matches(pattern, host) is matches

@@ -1,0 +1,158 @@
+"""The plan built from the example manifest, the Docker plan's hardening, and the dry-run JSON contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bottle.backend.docker.plan import create_argv, docker_plan
+from bottle.manifest import load_manifest
+from bottle.plan import AllowRule, CredentialRoute, build_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "claude.yaml"
+GOLDEN = Path(__file__).parent / "golden" / "dry-run-claude.json"
+
+
+def example_plan(env=None):
+    return build_plan(load_manifest(EXAMPLE), env=env or {}, run_id="abc123")
+
+
+def test_example_plan():
+    plan = example_plan()
+    assert plan.bottle_id == "bottle-claude-abc123"
+    assert plan.agent.command == ("claude",)
+    assert plan.agent.workspace == str(ROOT)
+    assert plan.egress.rules[0] == AllowRule(
+        id="egress.allow[0]", host="api.anthropic.com", methods=("GET", "POST"), paths=("/v1/", "/api/"),
+        ports=(443,), private_upstream=False, scan_body=True,
+    )
+    assert plan.egress.routes == (
+        CredentialRoute(
+            id="egress.routes[0]", host="api.anthropic.com", methods=None, paths=("/v1/",), scheme="header",
+            header="x-api-key", username=None, token_ref="ANTHROPIC_API_KEY", token_present=False,
+        ),
+    )
+    assert plan.missing_credentials == ("ANTHROPIC_API_KEY",)
+
+
+def test_plan_records_presence_of_credentials_never_values():
+    plan = example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-api03-secret-value"})
+    assert plan.egress.routes[0].token_present is True
+    assert plan.missing_credentials == ()
+    assert "sk-ant-api03-secret-value" not in repr(plan)
+    assert "sk-ant-api03-secret-value" not in json.dumps(docker_plan(plan).to_dict())
+
+
+def test_command_after_double_dash_overrides_manifest():
+    plan = build_plan(load_manifest(EXAMPLE), env={}, run_id="abc123", command=("claude", "-p", "fix it"))
+    assert plan.agent.command == ("claude", "-p", "fix it")
+
+
+def test_agent_container_is_hardened():
+    agent = docker_plan(example_plan()).container("agent")
+    argv = create_argv(agent)
+    for flag in (["--cap-drop", "ALL"], ["--security-opt", "no-new-privileges"], ["--user", "1000:1000"],
+                 ["--pids-limit", "1024"], ["--memory", "4g"], ["--memory-swap", "4g"], ["--cpus", "2"],
+                 ["--dns", "<proxy-ip>"]):
+        assert _contains(argv, flag), flag
+    assert "--privileged" not in argv
+    assert not any("docker.sock" in a for a in argv)
+    assert not any(a.startswith("type=bind,source=/,") for a in argv)
+    env = {v.name: v.value for v in agent.env}
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == "http://<proxy-ip>:8080"
+    assert env["NODE_USE_ENV_PROXY"] == "1"
+    assert env["ANTHROPIC_API_KEY"] == "<placeholder:ANTHROPIC_API_KEY>"
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT"):
+        assert env[name] == "/etc/ssl/certs/ca-certificates.crt"
+    assert env["NODE_EXTRA_CA_CERTS"] == "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
+
+
+def test_proxy_gets_credentials_by_name_only_and_cannot_route():
+    proxy = docker_plan(example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-x"})).container("mitmproxy")
+    argv = create_argv(proxy)
+    assert _contains(argv, ["--env", "ANTHROPIC_API_KEY"])
+    assert not any("sk-ant-x" in a for a in argv)
+    assert _contains(argv, ["--sysctl", "net.ipv4.ip_forward=0"])
+    assert _contains(argv, ["--cap-drop", "ALL"]) and "--read-only" in argv
+    assert _contains(argv, ["--user", "10001:10001"])
+
+
+def test_networks_are_internal_without_gateway_and_never_ipv6():
+    dplan = docker_plan(example_plan())
+    agent_net, scanner_net, egress_net = dplan.networks
+    for net in (agent_net, scanner_net):
+        assert net.internal
+        assert dict(net.options) == {"com.docker.network.bridge.inhibit_ipv4": "true"}
+    assert not egress_net.internal
+    assert dplan.container("agent").network == agent_net.name
+    assert dplan.container("pipelock").network == scanner_net.name
+    assert [n for n, _ in dplan.container("mitmproxy").extra_networks] == [agent_net.name, scanner_net.name]
+
+
+def test_start_order_and_teardown():
+    dplan = docker_plan(example_plan())
+    assert dplan.start_order == ("pipelock", "mitmproxy", "agent")
+    assert dplan.teardown == (
+        ("container", "bottle-claude-abc123-agent"),
+        ("container", "bottle-claude-abc123-proxy"),
+        ("container", "bottle-claude-abc123-pipelock"),
+        ("volume", "bottle-claude-abc123-pipelock-config"),
+        ("network", "bottle-claude-abc123-egress"),
+        ("network", "bottle-claude-abc123-scanner"),
+        ("network", "bottle-claude-abc123-agent"),
+    )
+
+
+def test_existing_egress_network_is_used_not_created_or_removed(write_manifest):
+    path = write_manifest("""
+        version: 1
+        name: demo
+        docker: {egress_network: corp-egress}
+    """)
+    dplan = docker_plan(build_plan(load_manifest(path), env={}, run_id="r1"))
+    assert dplan.network("egress").name == "corp-egress"
+    assert ("network", "corp-egress") not in dplan.teardown
+    assert dplan.container("mitmproxy").network == "corp-egress"
+
+
+def dry_run_document() -> str:
+    text = json.dumps(docker_plan(example_plan()).to_dict(), indent=2) + "\n"
+    return text.replace(str(ROOT), "<repo>")
+
+
+def test_dry_run_json_matches_golden_file():
+    """The dry-run JSON is a contract. If this fails, the change is either a bug or a
+    contract change: bump DRY_RUN_SCHEMA_VERSION when a field changes meaning or goes
+    away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1."""
+    import os
+
+    if os.environ.get("BOTTLE_UPDATE_GOLDEN"):
+        GOLDEN.write_text(dry_run_document())
+    assert dry_run_document() == GOLDEN.read_text()
+
+
+def test_dry_run_json_is_versioned_and_never_carries_a_fingerprint_yet():
+    document = docker_plan(example_plan()).to_dict()
+    assert document["schema_version"] == 1
+    assert document["egress"]["mitm"] == {"enabled": True, "ca_fingerprint": None}
+    assert document["egress"]["routes"][0]["token_ref"] == "ANTHROPIC_API_KEY"
+    assert document["egress"]["routes"][0]["token_present"] is False
+
+
+def _contains(argv: list[str], pair: list[str]) -> bool:
+    return any(argv[i:i + len(pair)] == pair for i in range(len(argv)))
+
+
+@pytest.fixture
+def write_manifest(tmp_path):
+    import textwrap
+
+    def write(text):
+        p = tmp_path / "m.yaml"
+        p.write_text(textwrap.dedent(text))
+        return p
+
+    return write
