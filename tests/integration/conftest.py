@@ -1,0 +1,203 @@
+"""Integration fixtures: a real Docker engine, bottle's real images, real pipelock, and a
+real HTTPS upstream container standing in for api.anthropic.com / github.com on a test
+network that the bottle's egress proxy joins (`docker.egress_network`).
+
+Missing prerequisites fail under CI=true. The one exception is pipelock itself when
+scripts/test proved it cannot be obtained here (the registry and the Go module proxy
+both refused it): then the tests that need it are reported as BLOCKED, loudly, with the
+exact refusal (see README, "pipelock in CI").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.certs import make_upstream_pki
+from tests.support.prereq import IN_CI, missing, pipelock_blocked
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = os.environ.get("BOTTLE_DOCKER") or shutil.which("docker") or "docker"
+UPSTREAM_IMAGE = os.environ.get("BOTTLE_TEST_UPSTREAM_IMAGE", "bottle-test/upstream:latest")
+UPSTREAM_ALIASES = ("api.anthropic.com", "upstream.test", "other.test", "github.com")
+
+
+def docker(*args: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([DOCKER, *args], capture_output=True, input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    try:
+        ok = subprocess.run([DOCKER, "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        missing(f"no Docker engine answers `{DOCKER} info`")
+    for image in ("bottle/egress-proxy:0.1.0", "bottle/agent:0.1.0", UPSTREAM_IMAGE):
+        if docker("image", "inspect", image, check=False).returncode != 0:
+            missing(f"image {image} is not built (scripts/test builds it)")
+
+
+@pytest.fixture(scope="session")
+def pipelock_image(engine) -> str:
+    image = os.environ.get("BOTTLE_TEST_PIPELOCK_IMAGE")
+    if image and docker("image", "inspect", image, check=False).returncode == 0:
+        return image
+    pipelock_blocked()
+    missing("no pipelock image: set BOTTLE_TEST_PIPELOCK_IMAGE (scripts/test provisions one)")
+    raise AssertionError("unreachable")
+
+
+class Upstream:
+    """The HTTPS upstream container; its JSON log is what the internet saw."""
+
+    def __init__(self, network: str, container: str, pki: dict[str, Path]) -> None:
+        self.network = network
+        self.container = container
+        self.ca = pki["ca"]
+
+    def events(self) -> list[dict]:
+        out = docker("logs", self.container).stdout.decode()
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def requests(self) -> list[dict]:
+        return [e for e in self.events() if e.get("event") == "request"]
+
+    def connects(self) -> list[dict]:
+        return [e for e in self.events() if e.get("event") == "connect"]
+
+    @property
+    def ip(self) -> str:
+        fmt = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
+        return docker("inspect", "--format", fmt, self.container).stdout.decode().strip()
+
+
+@pytest.fixture(scope="session")
+def upstream(engine, tmp_path_factory) -> Upstream:
+    suffix = uuid.uuid4().hex[:6]
+    network = f"bottle-test-net-{suffix}"
+    container = f"bottle-test-upstream-{suffix}"
+    pki = make_upstream_pki(tmp_path_factory.mktemp("pki"), list(UPSTREAM_ALIASES))
+    docker("network", "create", "--label", "dev.bottle.test=true", network)
+    try:
+        argv = ["create", "--name", container, "--network", network, "--label", "dev.bottle.test=true"]
+        for alias in UPSTREAM_ALIASES:
+            argv += ["--network-alias", alias]
+        docker(*argv, UPSTREAM_IMAGE, "--host", "0.0.0.0", "--port", "443",
+               "--cert", "/certs/server.pem", "--key", "/certs/server.key", "--name", "upstream")
+        tar = subprocess.run(
+            ["tar", "-C", str(pki["cert"].parent), "--transform", "s,^,certs/,", "-cf", "-", "server.pem", "server.key"],
+            capture_output=True, check=True,
+        ).stdout
+        docker("cp", "-", f"{container}:/", input=tar)
+        docker("start", container)
+        deadline = time.monotonic() + 20
+        while not any(e.get("event") == "listening" for e in Upstream(network, container, pki).events()):
+            assert time.monotonic() < deadline, "the test upstream never started listening"
+            time.sleep(0.1)
+        yield Upstream(network, container, pki)
+    finally:
+        docker("rm", "-f", container, check=False)
+        docker("network", "rm", network, check=False)
+
+
+class BottleRun:
+    def __init__(self, result: subprocess.CompletedProcess, log_path: Path) -> None:
+        self.returncode = result.returncode
+        self.stdout = result.stdout.decode(errors="replace")
+        self.stderr = result.stderr.decode(errors="replace")
+        self.log_path = log_path
+
+    @property
+    def bottle_id(self) -> str:
+        for line in self.stderr.splitlines():
+            if line.startswith("bottle: starting "):
+                return line.split()[-1]
+        raise AssertionError(f"no bottle id in stderr:\n{self.stderr}")
+
+    def log(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def requests(self) -> list[dict]:
+        return [line for line in self.log() if "method" in line]
+
+
+def leftovers(bottle_id: str) -> list[str]:
+    label = f"label=dev.bottle.bottle={bottle_id}"
+    found = []
+    for kind, args in (("container", ["ps", "-a"]), ("volume", ["volume", "ls"]), ("network", ["network", "ls"])):
+        out = docker(*args, "--filter", label, "--format", "{{.Names}}" if kind == "container" else "{{.Name}}").stdout
+        found += [f"{kind} {name}" for name in out.decode().split()]
+    return found
+
+
+def bottle_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("BOTTLE_KEEP",)}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def manifest(tmp_path, pipelock_image, upstream):
+    """Write a manifest for a bottle whose proxy joins the upstream's network."""
+
+    def write(body: str, *, name: str = "it") -> Path:
+        path = tmp_path / "bottle.yaml"
+        (tmp_path / "upstream-ca.pem").write_bytes(upstream.ca.read_bytes())
+        text = textwrap.dedent(body).strip("\n")
+        path.write_text(
+            f"version: 1\nname: {name}\n{text}\n"
+            f"scanner:\n  image: {pipelock_image}\n"
+            f"docker:\n  egress_network: {upstream.network}\n"
+        )
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_bottle(tmp_path):
+    """Run `bottle start MANIFEST -- COMMAND` for real; afterwards nothing of it may remain."""
+    runs: list[BottleRun] = []
+
+    def run(manifest_path: Path, *command: str, env: dict[str, str] | None = None, timeout: float = 180) -> BottleRun:
+        log_path = tmp_path / f"egress-{len(runs)}.jsonl"
+        argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(log_path), str(manifest_path)]
+        if command:
+            argv += ["--", *command]
+        result = subprocess.run(argv, capture_output=True, env=bottle_env(env), timeout=timeout,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path)
+        run = BottleRun(result, log_path)
+        runs.append(run)
+        return run
+
+    yield run
+    for r in runs:
+        if "bottle: starting " in r.stderr:
+            assert leftovers(r.bottle_id) == [], f"teardown left resources behind\n{r.stderr}"
+
+
+AGENT_RULES = """
+egress:
+  allow:
+    - host: api.anthropic.com
+      private_upstream: true
+    - host: upstream.test
+      methods: [GET]
+      private_upstream: true
+  upstream_ca: upstream-ca.pem
+"""
