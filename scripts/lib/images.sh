@@ -146,10 +146,14 @@ ensure_base_images() {
 # `bottle build`; the contract is: afterwards both images exist.)
 ensure_images() {
     [[ -n "${BOTTLE_BASE_PYTHON:-}" && -n "${BOTTLE_BASE_NODE:-}" ]] || ensure_base_images
-    build_image "bottle/egress-proxy:$BOTTLE_VERSION" "$BOTTLE_ROOT/Dockerfile.egress-proxy" "$BOTTLE_ROOT" \
-        --build-arg "BASE_IMAGE=$BOTTLE_BASE_PYTHON"
-    build_image "bottle/agent:$BOTTLE_VERSION" "$BOTTLE_ROOT/Dockerfile.agent" "$BOTTLE_ROOT" \
-        --build-arg "BASE_IMAGE=$BOTTLE_BASE_NODE"
+    # bottle's own `bottle build`, so the user-facing command is exercised on every run.
+    local ca="${BOTTLE_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}" args=()
+    [[ -n "$ca" && -f "$ca" ]] && args+=(--ca-cert "$ca")
+    local log="$BOTTLE_CACHE/logs/bottle-build.log"
+    mkdir -p "$(dirname "$log")"
+    "$BOTTLE_ROOT/.venv/bin/bottle" build --base-image "python=$BOTTLE_BASE_PYTHON" \
+        --base-image "node=$BOTTLE_BASE_NODE" "${args[@]}" >"$log" 2>&1 \
+        || { tail -n 40 "$log" >&2; die "bottle build failed (full log: $log)"; }
 }
 
 ensure_test_images() {
