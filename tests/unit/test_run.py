@@ -1,0 +1,175 @@
+"""Orchestration with fake engines: teardown on every way out, LIFO, never masking the error."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bottle.backend.base import BottleBackend, RunningBottle
+from bottle.backend.docker import backend as docker_backend
+from bottle.backend.docker.backend import DockerBackend
+from bottle.backend.docker.plan import docker_plan
+from bottle.errors import BackendError
+from bottle.manifest import load_manifest
+from bottle.plan import build_plan
+from bottle.run import run_bottle
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "claude.yaml"
+
+
+def example_dplan():
+    return docker_plan(build_plan(load_manifest(EXAMPLE), env={}, run_id="abc123"))
+
+
+class FakeBackend(BottleBackend):
+    def __init__(self, agent=lambda: 0):
+        self.events: list[str] = []
+        self.agent = agent
+
+    @contextlib.contextmanager
+    def launch(self, plan, secrets, *, env):
+        self.events.append("launch")
+        assert secrets.ca.cert_pem and secrets.scanner_token
+        assert set(secrets.placeholders) == {"ANTHROPIC_API_KEY"}
+        try:
+            yield RunningBottle(bottle_id="b", agent="a", proxy="p", scanner="s", addresses={})
+        finally:
+            self.events.append("teardown")
+
+    @contextlib.contextmanager
+    def follow_egress_log(self, running, path):
+        self.events.append("log")
+        try:
+            yield
+        finally:
+            self.events.append("log closed")
+
+    def run_agent(self, running, command, *, interactive):
+        self.events.append("agent")
+        return self.agent()
+
+    def cleanup(self, **kwargs):
+        return 0
+
+
+def test_agent_exit_code_is_returned_and_teardown_runs_in_reverse(tmp_path):
+    backend = FakeBackend(agent=lambda: 7)
+    assert run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={}) == 7
+    assert backend.events == ["launch", "log", "agent", "log closed", "teardown"]
+
+
+def test_an_error_in_the_agent_run_still_tears_down_and_propagates(tmp_path):
+    def boom():
+        raise BackendError("docker exec failed")
+
+    backend = FakeBackend(agent=boom)
+    with pytest.raises(BackendError, match="docker exec failed"):
+        run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={})
+    assert backend.events[-2:] == ["log closed", "teardown"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_tear_down_and_exit_128_plus_signal(tmp_path, sig):
+    def killed():
+        os.kill(os.getpid(), sig)
+        raise AssertionError("the signal should have raised")
+
+    backend = FakeBackend(agent=killed)
+    assert run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={}) == 128 + sig
+    assert backend.events[-1] == "teardown"
+    assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+
+
+def test_ctrl_c_tears_down_and_propagates(tmp_path):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    backend = FakeBackend(agent=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={})
+    assert backend.events[-1] == "teardown"
+
+
+class FakeDocker:
+    """Records every docker argv; fails the one matching `fail_on`."""
+
+    executable = "/usr/bin/docker"
+
+    def __init__(self, fail_on: str):
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def argv(self, args):
+        return [self.executable, *args]
+
+    def run(self, args, *, input=None, env=None, check=True, timeout=300):
+        self.calls.append(list(args))
+        if self.fail_on in " ".join(args):
+            if check:
+                raise BackendError(f"`docker {' '.join(args)}` failed with exit code 1")
+            return subprocess.CompletedProcess(args, 1, b"", b"boom")
+        out = b""
+        if args[:2] == ["inspect", "--format"]:
+            out = b"172.30.0.2" if "IPAddress" in args[2] else b'{"Status": "running", "Health": {"Status": "healthy"}}'
+        return subprocess.CompletedProcess(args, 0, out, b"")
+
+    def output(self, args, **kwargs):
+        return self.run(args, **kwargs).stdout.decode().strip()
+
+    def ok(self, args, **kwargs):
+        return self.run(args, check=False).returncode == 0
+
+
+def removals(docker: FakeDocker) -> list[str]:
+    return [c[-1] for c in docker.calls if c[0] == "rm" or c[:2] in (["volume", "rm"], ["network", "rm"])]
+
+
+def test_a_failure_while_starting_the_proxy_removes_what_was_made_in_reverse(tmp_path):
+    docker = FakeDocker(fail_on="start bottle-claude-abc123-proxy")
+    backend = DockerBackend(docker, env={})
+    with pytest.raises(BackendError, match="start bottle-claude-abc123-proxy"):
+        run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={})
+    assert removals(docker) == [
+        "bottle-claude-abc123-proxy",
+        "bottle-claude-abc123-pipelock",
+        "bottle-claude-abc123-pipelock-config",
+        "bottle-claude-abc123-egress",
+        "bottle-claude-abc123-scanner",
+        "bottle-claude-abc123-agent",
+    ]
+    assert not [c for c in docker.calls if c[0] == "create" and "bottle-claude-abc123-agent" in c]
+
+
+def test_bottle_keep_leaves_everything_for_debugging(tmp_path, capsys):
+    docker = FakeDocker(fail_on="start bottle-claude-abc123-proxy")
+    backend = DockerBackend(docker, env={"BOTTLE_KEEP": "1"})
+    with pytest.raises(BackendError):
+        run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={})
+    assert removals(docker) == []
+    assert "BOTTLE_KEEP is set, keeping container bottle-claude-abc123-proxy" in capsys.readouterr().err
+
+
+def test_credentials_reach_docker_create_by_environment_never_argv(tmp_path, monkeypatch):
+    seen_env = {}
+
+    class RecordingDocker(FakeDocker):
+        def run(self, args, *, env=None, **kwargs):
+            if args[:1] == ["create"] and "bottle-claude-abc123-proxy" in args:
+                seen_env.update(env or {})
+            return super().run(args, env=env, **kwargs)
+
+    docker = RecordingDocker(fail_on="start bottle-claude-abc123-agent")
+    dplan = docker_plan(build_plan(load_manifest(EXAMPLE), env={"ANTHROPIC_API_KEY": "sk-ant-real"}, run_id="abc123"))
+    with pytest.raises(BackendError):
+        run_bottle(dplan, DockerBackend(docker, env={}), egress_log=tmp_path / "l.jsonl",
+                   env={"ANTHROPIC_API_KEY": "sk-ant-real"})
+    assert seen_env["ANTHROPIC_API_KEY"] == "sk-ant-real"
+    assert not any("sk-ant-real" in arg for call in docker.calls for arg in call)
+    agent_create = next(c for c in docker.calls if c[0] == "create" and "bottle-claude-abc123-agent" in c)
+    placeholder = next(a for a in agent_create if a.startswith("ANTHROPIC_API_KEY="))
+    assert placeholder.startswith("ANTHROPIC_API_KEY=bottle-placeholder-anthropic-api-key-")
