@@ -273,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-for-files", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     launcher = Launcher(args.policy, args.confdir)
+    # Importing mitmproxy takes most of a second; do it while the host is still
+    # delivering the policy and CA, not after.
+    import mitmproxy.tools.dump  # noqa: F401
+
+    import bottle.mitm.addon  # noqa: F401
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:

@@ -126,7 +126,15 @@ class FakeDocker:
 
 
 def removals(docker: FakeDocker) -> list[str]:
-    return [c[-1] for c in docker.calls if c[0] == "rm" or c[:2] in (["volume", "rm"], ["network", "rm"])]
+    names = []
+    for call in docker.calls:
+        if call[:3] == ["rm", "--force", "--volumes"]:
+            names += call[3:]
+        elif call[:3] == ["volume", "rm", "--force"]:
+            names += call[3:]
+        elif call[:2] == ["network", "rm"]:
+            names += call[2:]
+    return names
 
 
 def test_a_failure_while_starting_the_proxy_removes_what_was_made_in_reverse(tmp_path):
@@ -134,14 +142,14 @@ def test_a_failure_while_starting_the_proxy_removes_what_was_made_in_reverse(tmp
     backend = DockerBackend(docker, env={})
     with pytest.raises(BackendError, match="start bottle-claude-abc123-proxy"):
         run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={})
-    assert removals(docker) == [
-        "bottle-claude-abc123-proxy",
-        "bottle-claude-abc123-pipelock",
-        "bottle-claude-abc123-pipelock-config",
-        "bottle-claude-abc123-egress",
-        "bottle-claude-abc123-scanner",
-        "bottle-claude-abc123-agent",
-    ]
+    removed = removals(docker)
+    # Containers first (the scanner starts in parallel, so either order), then the volume,
+    # then the networks; nothing of the agent was created.
+    assert sorted(removed[:2]) == ["bottle-claude-abc123-pipelock", "bottle-claude-abc123-proxy"]
+    assert removed[2] == "bottle-claude-abc123-pipelock-config"
+    assert sorted(removed[3:]) == ["bottle-claude-abc123-agent", "bottle-claude-abc123-egress",
+                                   "bottle-claude-abc123-scanner"]
+    assert len(removed) == 6
     assert not [c for c in docker.calls if c[0] == "create" and "bottle-claude-abc123-agent" in c]
 
 

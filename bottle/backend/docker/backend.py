@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -26,21 +28,32 @@ from bottle.signals import signals_ignored
 KEEP_ENV = "BOTTLE_KEEP"
 READY_TIMEOUT = 60.0
 
-# Run as root inside the agent before its command: trust the bottle CA in the system
-# store, which update-ca-certificates merges into the bundle SSL_CERT_FILE and friends
-# point at (public roots + bottle CA), then prove the merged bundle holds it.
+# Run as root inside the agent before its command. The certificate goes where
+# update-ca-certificates looks for local CAs, so it survives any later rebuild of the
+# store; the merged bundle that SSL_CERT_FILE and friends point at (public roots + bottle
+# CA) gets it appended, and OpenSSL's hashed directory gets its link. That is what
+# update-ca-certificates would do, in 0.1 s instead of the 1.1 s its full rebuild takes
+# (benchmarks/); images without a bundle fall back to update-ca-certificates itself.
 INSTALL_CA_SCRIPT = r"""
 set -eu
 ca=/usr/local/share/ca-certificates/bottle-egress-ca.crt
+bundle=/etc/ssl/certs/ca-certificates.crt
 mkdir -p /usr/local/share/ca-certificates
 cat > "$ca"
 chmod 0644 "$ca"
-if ! command -v update-ca-certificates >/dev/null 2>&1; then
-  echo "the agent image has no update-ca-certificates (install the ca-certificates package)" >&2
+if [ -f "$bundle" ]; then
+  cat "$ca" >> "$bundle"
+  ln -sf "$ca" /etc/ssl/certs/bottle-egress-ca.pem
+  if command -v openssl >/dev/null 2>&1; then
+    ln -sf bottle-egress-ca.pem "/etc/ssl/certs/$(openssl x509 -hash -noout -in "$ca").0"
+  fi
+elif command -v update-ca-certificates >/dev/null 2>&1; then
+  update-ca-certificates >/dev/null 2>&1 || update-ca-certificates >&2
+else
+  echo "the agent image has no CA bundle at $bundle and no update-ca-certificates (install ca-certificates)" >&2
   exit 3
 fi
-update-ca-certificates >/dev/null 2>&1 || update-ca-certificates >&2
-grep -qF "$(sed -n 2p "$ca")" /etc/ssl/certs/ca-certificates.crt
+grep -qF "$(sed -n 2p "$ca")" "$bundle"
 """
 
 
@@ -78,15 +91,14 @@ class DockerBackend(BottleBackend):
         substitutions = {dp.OWNER: owner_label()}
         for ref, value in secrets.placeholders.items():
             substitutions[dp.placeholder_marker(ref)] = value
-        with contextlib.ExitStack() as stack:
-            try:
-                yield self._start(plan, secrets, env, substitutions, stack, keep)
-            finally:
-                # Also when the start fails half-way: remove what was made before the
-                # error propagates, with signals held off so a second Ctrl-C cannot
-                # interrupt the cleanup.
-                with signals_ignored():
-                    stack.close()
+        created = _Created()
+        try:
+            yield self._start(plan, secrets, env, substitutions, created)
+        finally:
+            # Also when the start fails half-way: remove what was made before the error
+            # propagates, with signals held off so a second Ctrl-C cannot interrupt it.
+            with signals_ignored():
+                self._teardown(created, keep)
 
     def _start(
         self,
@@ -94,24 +106,87 @@ class DockerBackend(BottleBackend):
         secrets: LaunchSecrets,
         env: Mapping[str, str],
         substitutions: dict[str, str],
-        stack: contextlib.ExitStack,
-        keep: bool,
+        created: _Created,
     ) -> RunningBottle:
         for network in plan.networks:
-            if network.create:
-                self.docker.run(dp.network_create_argv(network))
-                stack.callback(self._remove, "network", network.name, keep)
-            elif not self.docker.ok(["network", "inspect", network.name]):
+            if not network.create and not self.docker.ok(["network", "inspect", network.name]):
                 raise StartError(
                     f"the Docker network {network.name!r} named by docker.egress_network does not exist",
                     tip=f"create it first: docker network create {network.name}",
                 )
-        for volume in plan.volumes:
-            self.docker.run(dp.volume_create_argv(volume))
-            stack.callback(self._remove, "volume", volume.name, keep)
+        # Independent steps run side by side; each thread records what it made before
+        # it returns, and every thread is joined before teardown can run.
+        with _Workers() as workers:
+            for network in plan.networks:
+                if network.create:
+                    workers.submit(self._make, created, "network", network.name, dp.network_create_argv(network))
+            for volume in plan.volumes:
+                workers.submit(self._make, created, "volume", volume.name, dp.volume_create_argv(volume))
+        try:
+            return self._start_containers(plan, secrets, env, substitutions, created)
+        except BaseException:
+            created.stopping.set()  # lets the scanner thread stop waiting for health
+            raise
 
-        pipelock = plan.container("pipelock")
-        self._create(pipelock, substitutions, stack, keep)
+    def _start_containers(
+        self,
+        plan: dp.DockerBottlePlan,
+        secrets: LaunchSecrets,
+        env: Mapping[str, str],
+        substitutions: dict[str, str],
+        created: _Created,
+    ) -> RunningBottle:
+        pipelock, proxy, agent = (plan.container(role) for role in ("pipelock", "mitmproxy", "agent"))
+        agent_network = plan.network("agent").name
+        with _Workers() as workers:
+            scanner_ready = workers.submit(self._start_scanner, plan, pipelock, secrets, substitutions, created)
+            self._create(proxy, substitutions, created, env=env)
+            for argv in dp.connect_argv(proxy):
+                self.docker.run(argv)
+            self.docker.run(["start", proxy.name])
+            proxy_ip = self._address(proxy.name, agent_network)
+            substitutions[dp.PROXY_IP] = proxy_ip
+            self._create(agent, substitutions, created)
+            self.docker.run(["start", agent.name])
+            agent_ip = self._address(agent.name, agent_network)
+            # The CA goes into the agent's trust store while the proxy starts serving;
+            # the agent command itself only runs after both.
+            workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
+            scanner_ready.result()
+            files = {
+                "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
+                "policy.json": render_policy(
+                    plan.bottle,
+                    clients=[agent_ip],
+                    listen_host=proxy_ip,
+                    listen_port=PROXY_PORT,
+                    scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan",
+                    scanner_token=secrets.scanner_token,
+                    placeholders=secrets.placeholders,
+                    upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
+                    dns_host=proxy_ip,
+                ).encode(),
+            }
+            if plan.bottle.egress.upstream_ca:
+                files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
+            self._deliver_to_proxy(proxy.name, files)
+        return RunningBottle(
+            bottle_id=plan.bottle.bottle_id,
+            agent=agent.name,
+            proxy=proxy.name,
+            scanner=pipelock.name,
+            addresses={"proxy": proxy_ip, "agent": agent_ip},
+        )
+
+    def _start_scanner(
+        self,
+        plan: dp.DockerBottlePlan,
+        pipelock: dp.ContainerSpec,
+        secrets: LaunchSecrets,
+        substitutions: Mapping[str, str],
+        created: _Created,
+    ) -> None:
+        self._create(pipelock, dict(substitutions), created)
         config = render_pipelock_config(
             scan_listen=f"0.0.0.0:{SCANNER_PORT}",
             main_listen=dp.PIPELOCK_MAIN_LISTEN,
@@ -123,54 +198,17 @@ class DockerBackend(BottleBackend):
             input=_tar({"pipelock.yaml": config.encode()}, mode=0o444),
         )
         self.docker.run(["start", pipelock.name])
+        self._wait_healthy(pipelock.name, created.stopping)
 
-        proxy = plan.container("mitmproxy")
-        self._create(proxy, substitutions, stack, keep, env=env)
-        for argv in dp.connect_argv(proxy):
-            self.docker.run(argv)
-        self.docker.run(["start", proxy.name])
-        agent_network = plan.network("agent").name
-        proxy_ip = self._address(proxy.name, agent_network)
-        substitutions[dp.PROXY_IP] = proxy_ip
-
-        agent = plan.container("agent")
-        self._create(agent, substitutions, stack, keep)
-        self.docker.run(["start", agent.name])
-        agent_ip = self._address(agent.name, agent_network)
-
-        self._wait_healthy(pipelock.name)
-        files = {
-            "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
-            "policy.json": render_policy(
-                plan.bottle,
-                clients=[agent_ip],
-                listen_host=proxy_ip,
-                listen_port=PROXY_PORT,
-                scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan",
-                scanner_token=secrets.scanner_token,
-                placeholders=secrets.placeholders,
-                upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
-                dns_host=proxy_ip,
-            ).encode(),
-        }
-        if plan.bottle.egress.upstream_ca:
-            files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
-        self._deliver_to_proxy(proxy.name, files)
-        self._install_ca(agent.name, secrets.ca.cert_pem)
-        return RunningBottle(
-            bottle_id=plan.bottle.bottle_id,
-            agent=agent.name,
-            proxy=proxy.name,
-            scanner=pipelock.name,
-            addresses={"proxy": proxy_ip, "agent": agent_ip},
-        )
+    def _make(self, created: _Created, kind: str, name: str, argv: list[str]) -> None:
+        self.docker.run(argv)
+        created.add(kind, name)
 
     def _create(
         self,
         container: dp.ContainerSpec,
         substitutions: Mapping[str, str],
-        stack: contextlib.ExitStack,
-        keep: bool,
+        created: _Created,
         env: Mapping[str, str] | None = None,
     ) -> None:
         argv = [_substitute(arg, substitutions) for arg in dp.create_argv(container)]
@@ -179,30 +217,46 @@ class DockerBackend(BottleBackend):
         child_env = {k: v for k, v in os.environ.items() if k not in names}
         if env is not None:
             child_env.update({name: env[name] for name in names if env.get(name)})
+        # Record the name first: a create that fails half-way may still leave a container.
+        created.add("container", container.name)
         self.docker.run(argv, env=child_env)
-        stack.callback(self._remove, "container", container.name, keep)
 
-    def _remove(self, kind: str, name: str, keep: bool) -> None:
+    def _teardown(self, created: _Created, keep: bool) -> None:
+        created.stopping.set()
+        for kind in ("container", "volume", "network"):
+            names = list(reversed(created.names[kind]))
+            if names:
+                self._remove(kind, names, keep)
+
+    def _remove(self, kind: str, names: list[str], keep: bool) -> None:
         if keep:
-            print(f"bottle: {KEEP_ENV} is set, keeping {kind} {name}", file=sys.stderr)
+            for name in names:
+                print(f"bottle: {KEEP_ENV} is set, keeping {kind} {name}", file=sys.stderr)
             return
         args = {
-            "container": ["rm", "--force", "--volumes", name],
-            "volume": ["volume", "rm", "--force", name],
-            "network": ["network", "rm", name],
+            "container": ["rm", "--force", "--volumes"],
+            "volume": ["volume", "rm", "--force"],
+            "network": ["network", "rm"],
         }[kind]
+        remaining = list(names)
+        stderr = ""
         for attempt in range(3):
             try:
-                result = self.docker.run(args, check=False, timeout=60)
+                result = self.docker.run([*args, *remaining], check=False, timeout=60)
             except BackendError as e:
-                print(f"bottle: warning: could not remove {kind} {name}: {e.message}", file=sys.stderr)
-                return
+                stderr = e.message
+                break
             stderr = result.stderr.decode(errors="replace")
-            if result.returncode == 0 or "No such" in stderr or "not found" in stderr:
+            if result.returncode == 0:
+                return
+            # Keep only what still exists; "No such ..." means it is already gone.
+            remaining = [n for n in remaining if n in stderr and "No such" not in _line_for(stderr, n)
+                         and "not found" not in _line_for(stderr, n)]
+            if not remaining:
                 return
             time.sleep(0.2 * (attempt + 1))
         print(
-            f"bottle: warning: could not remove {kind} {name}: {stderr.strip()}\n"
+            f"bottle: warning: could not remove {kind} {', '.join(remaining)}: {stderr.strip()}\n"
             "  `bottle cleanup` removes it later.",
             file=sys.stderr,
         )
@@ -214,9 +268,9 @@ class DockerBackend(BottleBackend):
             raise StartError(f"container {container} has no address on network {network}")
         return address
 
-    def _wait_healthy(self, container: str) -> None:
+    def _wait_healthy(self, container: str, stopping: threading.Event) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
-        while True:
+        while not stopping.is_set():
             state = json.loads(self.docker.output(["inspect", "--format", "{{json .State}}", container]))
             status = state.get("Status")
             health = (state.get("Health") or {}).get("Status")
@@ -326,7 +380,7 @@ class DockerBackend(BottleBackend):
                     continue
                 echo(f"{'would remove' if dry_run else 'removing'} {kind} {name}")
                 if not dry_run:
-                    self._remove(kind, name, keep=False)
+                    self._remove(kind, [name], keep=False)
                 removed += 1
         if removed == 0:
             echo("nothing to clean up")
@@ -360,3 +414,39 @@ def _read_upstream_ca(path: str) -> bytes:
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
     return data
+
+
+class _Created:
+    """What a launch has made so far, by kind, in creation order (thread-safe appends)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str]] = {"container": [], "volume": [], "network": []}
+        self.stopping = threading.Event()
+
+    def add(self, kind: str, name: str) -> None:
+        self.names[kind].append(name)
+
+
+class _Workers:
+    """A thread pool whose exit waits for every task and re-raises the first failure,
+    so nothing is still being created when teardown starts."""
+
+    def __enter__(self) -> _Workers:
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bottle-start")
+        self._futures: list[Future] = []
+        return self
+
+    def submit(self, fn, *args) -> Future:
+        future = self._pool.submit(fn, *args)
+        self._futures.append(future)
+        return future
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._pool.shutdown(wait=True)
+        if exc is None:
+            for future in self._futures:
+                future.result()
+
+
+def _line_for(text: str, name: str) -> str:
+    return next((line for line in text.splitlines() if name in line), "")

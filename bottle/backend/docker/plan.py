@@ -190,9 +190,9 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         cpus=1.0,
         memory="512m",
         pids=256,
-        # The image's HEALTHCHECK probes the loopback main listener; check it every second
-        # so start waits on real readiness without the default 10 s first interval.
-        health=(("interval", "1s"), ("timeout", "3s"), ("retries", "3"), ("start-period", "0s")),
+        # The image's HEALTHCHECK probes the loopback main listener; check it twice a
+        # second so start waits on real readiness, not the default 10 s first interval.
+        health=(("interval", "500ms"), ("timeout", "3s"), ("retries", "3"), ("start-period", "0s")),
         labels=labels_for(plan, "pipelock"),
     )
     proxy = ContainerSpec(
