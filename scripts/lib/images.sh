@@ -63,6 +63,17 @@ build_image() {
     fi
 }
 
+# The Debian archive URI this machine's apt uses (deb822 .sources or one-line lists).
+debian_mirror() {
+    local uri
+    uri="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+        | awk '/^URIs:/ {print $2}' | grep -E '/debian/?$' | head -n 1 || true)"
+    [[ -n "$uri" ]] || uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+        | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) {print $i; break}}' \
+        | grep -E '/debian/?$' | head -n 1 || true)"
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
 # bottle-local/debian:trixie from debootstrap (skipped when already present).
 ensure_local_debian() {
     image_exists "$LOCAL_DEBIAN" && return 0
@@ -76,7 +87,10 @@ ensure_local_debian() {
     dir="$(mktemp -d /tmp/bottle-debootstrap.XXXXXX)"
     note "debootstrap --variant=minbase trixie (log: .cache/logs/debootstrap.log)"
     mkdir -p "$BOTTLE_CACHE/logs"
-    if ! debootstrap --variant=minbase trixie "$dir" http://deb.debian.org/debian >"$BOTTLE_CACHE/logs/debootstrap.log" 2>&1; then
+    local mirror
+    mirror="$(debian_mirror)"
+    note "Debian mirror: $mirror"
+    if ! debootstrap --variant=minbase trixie "$dir" "$mirror" >"$BOTTLE_CACHE/logs/debootstrap.log" 2>&1; then
         tail -n 20 "$BOTTLE_CACHE/logs/debootstrap.log" >&2
         rm -rf "$dir"
         die "debootstrap failed"
