@@ -142,6 +142,82 @@ ROUTE = Obj(
     },
 )
 
+_ANY_CASE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+REPO_PATTERN = rf"{_ANY_CASE_LABEL}(?:\.{_ANY_CASE_LABEL})+(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+){{2,}}"
+BRANCH_GLOB = Str(
+    pattern=r"[^\s\0~^:?\[\\]+", expected="a branch name or glob such as main or sandbox/*", max_length=255,
+    description="A branch name (`main`) or glob (`sandbox/*`, `*` also crosses `/`); names starting "
+    "with refs/ match full ref names (`refs/tags/*`).",
+)
+
+
+def _repo(value: str) -> str:
+    value = value.lower()
+    return value[:-4] if value.endswith(".git") else value
+
+
+GIT = Obj(
+    description="Git over smart HTTP, enforced by the proxy even in discover mode. Once this section "
+    "exists, the hosts of its repositories serve only the listed repositories (clone, fetch and push). "
+    "Git over SSH is always closed.",
+    fields={
+        "repositories": Field(
+            ListOf(
+                Obj(description="A repository the agent may use.", fields={
+                    "repo": Field(
+                        Str(pattern=REPO_PATTERN, expected="host/owner/repo such as github.com/acme/widgets",
+                            max_length=512, normalize=_repo,
+                            description="host/owner/repo (GitLab subgroups allowed); case-insensitive, "
+                            "optional .git."),
+                        required=True,
+                    ),
+                    "access": Field(
+                        Str(choices=("read", "push"),
+                            description="read: clone and fetch. push: also push (subject to the branch rules)."),
+                        required=True,
+                    ),
+                }),
+                min_items=1,
+                description="Repositories the agent may clone, fetch or push.",
+            ),
+            required=True,
+        ),
+        "protected_branches": Field(
+            ListOf(BRANCH_GLOB, unique=True, description="Branches never pushed to, created or deleted."),
+            default=lambda: ["main", "master"],
+        ),
+        "push_branches": Field(
+            ListOf(BRANCH_GLOB, min_items=1, unique=True,
+                   description="Bot mode: when set, only refs matching these globs may be pushed."),
+        ),
+        "allow_force_push": Field(
+            Bool(description="Allow updates the proxy cannot prove to be fast-forwards (default false)."),
+            default=False,
+        ),
+        "allow_branch_deletion": Field(Bool(description="Allow deleting refs (default false)."), default=False),
+    },
+)
+
+GITHUB_DENY = Obj(
+    description="A GitHub API operation to refuse: REST `method` + `path`, or a GraphQL mutation field.",
+    fields={
+        "method": Field(Str(choices=HTTP_METHODS, description="HTTP method; omit for every method.")),
+        "path": Field(Str(pattern=r"/[^\s?#]*", expected="a path pattern starting with /", max_length=1024,
+                          description="REST path; `*` is one segment, `**` one or more.")),
+        "graphql": Field(Str(pattern=r"[_A-Za-z][_0-9A-Za-z]*", expected="a GraphQL field name such as deleteIssue",
+                             max_length=128, description="Top-level mutation field name.")),
+        "reason": Field(Str(pattern=r"[^\n\0]+", expected="a one-line reason", max_length=200,
+                            description="Shown to the agent when refused."), required=True),
+    },
+)
+
+GITHUB = Obj(
+    description="GitHub API refusals on api.github.com, enforced even in discover mode. Merging pull "
+    "requests or branches, creating releases, moving or deleting refs through the API, deleting "
+    "repositories and changing branch protection are always refused.",
+    fields={"deny": Field(ListOf(GITHUB_DENY, description="Refusals added to the defaults."), default=list)},
+)
+
 MEMORY = OneOf(
     alternatives=(
         Str(pattern=r"[1-9][0-9]*[kmgKMG]?", expected="a size"),
@@ -232,6 +308,8 @@ MANIFEST_SCHEMA = Obj(
             ),
             default=dict,
         ),
+        "git": Field(GIT),
+        "github": Field(GITHUB),
         "docker": Field(
             Obj(
                 description="Settings for the Docker backend.",
@@ -448,8 +526,34 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
         if name in RESERVED_AGENT_ENV:
             problems.append(Problem(("agent", "env", name), "a variable bottle does not set itself",
                                     f"{name}, which bottle sets to route traffic through the proxy"))
+    problems.extend(_check_git(data))
     if data["agent"]["user"].split(":")[0] == "0":
         problems.append(Problem(("agent", "user"), "a non-root UID:GID", f"string {data['agent']['user']!r}"))
+    return problems
+
+
+def _check_git(data: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    rules = data["egress"]["allow"]
+    seen: dict[str, int] = {}
+    for i, repo in enumerate(data.get("git", {}).get("repositories", [])):
+        at = ("git", "repositories", i, "repo")
+        if repo["repo"] in seen:
+            problems.append(Problem(at, "each repository once", f"string {repo['repo']!r} again "
+                                    f"(first at git.repositories[{seen[repo['repo']]}])"))
+        seen.setdefault(repo["repo"], i)
+        host = repo["repo"].split("/", 1)[0]
+        if not any(host_matches(rule["host"], host) for rule in rules):
+            problems.append(Problem(at, "a repository on a host that an egress.allow rule allows",
+                                    f"string {repo['repo']!r}", f"add an egress.allow rule for {host}"))
+    for i, deny in enumerate(data.get("github", {}).get("deny", [])):
+        at = ("github", "deny", i)
+        if ("path" in deny) == ("graphql" in deny):
+            problems.append(Problem(at, "either path (REST) or graphql (a mutation field)",
+                                    "both" if "path" in deny else "neither"))
+        elif "method" in deny and "graphql" in deny:
+            problems.append(Problem((*at, "method"), "no method with graphql (GraphQL is POST /graphql)",
+                                    f"string {deny['method']!r}"))
     return problems
 
 

@@ -94,6 +94,38 @@ class DockerOptions:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class GitRepository:
+    """A repository the agent may use (`git.repositories[i]`); path is owner/repo, lower case."""
+
+    id: str
+    host: str
+    path: str
+    access: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GitSpec:
+    """Git smart-HTTP policy (`git`); always enforced, even in discover mode."""
+
+    repositories: tuple[GitRepository, ...]
+    protected_branches: tuple[str, ...]
+    push_branches: tuple[str, ...] | None
+    allow_force_push: bool
+    allow_branch_deletion: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GithubDeny:
+    """A GitHub API refusal added to the defaults (`github.deny[i]`)."""
+
+    id: str
+    method: str | None
+    path: str | None
+    graphql: str | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BottlePlan:
     """Everything one bottle is, before any backend turns it into resources."""
 
@@ -105,6 +137,8 @@ class BottlePlan:
     scanner: ScannerSpec
     proxy_image: str
     docker: DockerOptions
+    git: GitSpec | None = None
+    github_deny: tuple[GithubDeny, ...] = ()
 
     @property
     def missing_credentials(self) -> tuple[str, ...]:
@@ -181,6 +215,26 @@ def build_plan(
         scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"]),
         proxy_image=proxy_image,
         docker=DockerOptions(egress_network=data["docker"].get("egress_network")),
+        git=_git_spec(data["git"]) if "git" in data else None,
+        github_deny=tuple(
+            GithubDeny(id=f"github.deny[{i}]", method=d.get("method"), path=d.get("path"),
+                       graphql=d.get("graphql"), reason=d["reason"])
+            for i, d in enumerate(data.get("github", {}).get("deny", []))
+        ),
+    )
+
+
+def _git_spec(git: Mapping[str, Any]) -> GitSpec:
+    return GitSpec(
+        repositories=tuple(
+            GitRepository(id=f"git.repositories[{i}]", host=repo["repo"].split("/", 1)[0],
+                          path=repo["repo"].split("/", 1)[1], access=repo["access"])
+            for i, repo in enumerate(git["repositories"])
+        ),
+        protected_branches=tuple(git["protected_branches"]),
+        push_branches=_optional_tuple(git.get("push_branches")),
+        allow_force_push=git["allow_force_push"],
+        allow_branch_deletion=git["allow_branch_deletion"],
     )
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from bottle.mitm import decide
-from bottle.mitm.bodies import UnscannableBody, unpack_body
+from bottle.mitm import decide, git, github
+from bottle.mitm.bodies import UnscannableBody, decode_content, unpack_body
 from bottle.mitm.policy import Policy, Route
 from bottle.mitm.scanner import ScannerUnavailable, scan_request
 
@@ -30,11 +30,32 @@ def emit_stdout(line: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def make_block_response(status: int, reason: str, rule_id: str | None) -> http.Response:
+def make_block_response(status: int, reason: str, rule_id: str | None, kind: str = "text") -> http.Response:
+    """A refusal the client can show: plain text, GitHub-style JSON, or a git pkt-line ERR."""
     headers = {"content-type": "text/plain; charset=utf-8", "x-bottle-decision": "block"}
+    body = f"bottle: blocked: {reason}\n".encode()
+    if kind == "json":
+        headers["content-type"] = "application/json; charset=utf-8"
+        body = json.dumps({"message": f"bottle: blocked: {reason}"}).encode()
+    elif kind.startswith("git-"):
+        # git shows `fatal: remote error: <message>` for an ERR packet, but only a bare
+        # status line for an HTTP error (https://git-scm.com/docs/http-protocol).
+        status = 200
+        suffix = "advertisement" if kind.endswith("-advertisement") else "result"
+        service = kind[4:].rsplit("-", 1)[0]
+        headers["content-type"] = f"application/x-{service}-{suffix}"
+        headers["cache-control"] = "no-cache"
+        body = git.pkt(f"ERR bottle: {reason}\n".encode())
     if rule_id:
         headers["x-bottle-rule"] = rule_id
-    return http.Response.make(status, f"bottle: blocked: {reason}\n".encode(), headers)
+    return http.Response.make(status, body, headers)
+
+
+def make_push_report(report: bytes, rule_id: str) -> http.Response:
+    return http.Response.make(200, report, {
+        "content-type": "application/x-git-receive-pack-result", "cache-control": "no-cache",
+        "x-bottle-decision": "block", "x-bottle-rule": rule_id,
+    })
 
 
 def _state(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -117,14 +138,27 @@ class BottleEgress:
             else:
                 rule_id = rule_id or verdict.rule_id
         st["rule"] = st["rule"] or rule_id
+        host = decide.normalize_host(req.host)
+        git_verdict = git.check_request(policy.git, host, req.path)
+        if git_verdict is not None:
+            if not git_verdict.allowed:
+                return self._block(flow, decide.block(403, git_verdict.reason, git_verdict.rule_id),
+                                   kind=_git_kind(req.path))
+            st["rule"] = git_verdict.rule_id
+        if host == github.HOST:
+            if (refusal := github.check(policy.github_deny, req.method, req.path, None)) is not None:
+                return self._block(flow, decide.block(403, refusal.reason, refusal.rule_id), kind="json")
         if route is not None:
             st["token_ref"] = route.token_ref
             try:
                 decide.credential_header(route, self.env)
             except decide.CredentialMissingError as e:
                 return self._block(flow, decide.block(403, str(e), route.id))
+        if git_verdict is not None and git.is_push(req.method, req.path):
+            return await self._start_push(flow, route)
+        graphql = host == github.HOST and github.is_graphql(req.method, req.path)
         rule = next((r for r in policy.rules if r.id == rule_id), None)
-        if rule is not None and not rule.scan_body:
+        if rule is not None and not rule.scan_body and not graphql:
             # Streamed bodies reach upstream before `request` runs, so decide everything now.
             if await self._scan(flow, route, []):
                 self._inject(flow, route)
@@ -148,6 +182,13 @@ class BottleEgress:
         route: Route | None = st.pop("route", None)
         body = req.raw_content or b""
         st["bytes_up"] = len(body)
+        if decide.normalize_host(req.host) == github.HOST and github.is_graphql(req.method, req.path):
+            try:
+                plain = decode_content(body, req.headers.get("content-encoding"), policy.scanner.max_body_bytes)
+            except UnscannableBody as e:
+                return self._block(flow, decide.block(e.status, e.reason, st["rule"]), kind="json")
+            if (refusal := github.check(policy.github_deny, req.method, req.path, plain)) is not None:
+                return self._block(flow, decide.block(403, refusal.reason, refusal.rule_id), kind="json")
         try:
             strings = unpack_body(
                 body, req.headers.get("content-type"), req.headers.get("content-encoding"),
@@ -162,11 +203,20 @@ class BottleEgress:
     @_fail_closed
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = _state(flow)
+        push: git.PushInspector | None = st.get("push")
+        if push is not None and push.refusals:
+            return  # upstream's answer to the empty body is replaced in `response`
         if flow.response is not None and not st.get("blocked"):
             flow.response.stream = self._counter(st, "bytes_down")
 
     @_fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
+        st = _state(flow)
+        push: git.PushInspector | None = st.get("push")
+        if push is not None and push.refusals:
+            rule_id, reason = push.first_refusal
+            st.update(decision="block", rule=rule_id, reason=reason, blocked=True)
+            flow.response = make_push_report(push.report(), rule_id)
         self._log(flow)
 
     @_fail_closed
@@ -232,6 +282,61 @@ class BottleEgress:
         self._block(flow, decide.block(403, reason, st["rule"]))
         return False
 
+    async def _start_push(self, flow: http.HTTPFlow, route: Route | None) -> None:
+        """Stream a push through a PushInspector: nothing reaches upstream until it is allowed.
+
+        mitmproxy sends the request head upstream when streaming starts, so a refused push
+        still sends upstream a head with an empty chunked body, which git answers without
+        changing anything; its answer is replaced by bottle's report in `response`.
+        """
+        policy = self._policy()
+        st = _state(flow)
+        req = flow.request
+        encoding = req.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            return self._block(flow, decide.block(415, f"git push with content-encoding {encoding} is not supported",
+                                                  st["rule"]))
+        if not await self._scan(flow, route, []):
+            return
+        assert policy.git is not None
+        self._inject(flow, route)
+        inspector = git.PushInspector(policy.git)
+        st.update(decided=True, push=inspector)
+        # The body's length is unknown until the decision (a refused push sends an empty
+        # body), so an HTTP/1 upstream gets it chunked; mitmproxy strips the header when
+        # it converts an HTTP/1 request for an HTTP/2 upstream.
+        req.headers.pop("content-length", None)
+        if not (req.is_http2 and flow.server_conn.alpn == b"h2"):
+            req.headers["transfer-encoding"] = "chunked"
+        req.stream = self._push_stream(st, inspector)
+
+    @staticmethod
+    def _push_stream(st: dict[str, Any], inspector: git.PushInspector) -> Callable[[bytes], list[bytes]]:
+        released = False
+
+        # A list, never b"": mitmproxy sends each returned chunk, and an empty chunk in a
+        # chunked body is its terminator.
+        def stream(chunk: bytes) -> list[bytes]:
+            nonlocal released
+            st["bytes_up"] += len(chunk)
+            if released:
+                return [chunk] if chunk else []
+            try:
+                if chunk:
+                    inspector.feed(chunk)
+                else:
+                    inspector.finish()
+            except Exception as e:
+                print(f"bottle: push inspection failed, refusing: {traceback.format_exc()}", file=sys.stderr, flush=True)
+                inspector.refuse_all("git.push", f"bottle: internal error reading the push ({type(e).__name__})")
+            if not inspector.decided or inspector.refusals:
+                return []
+            released = True
+            out, inspector.held = bytes(inspector.held), bytearray()
+            return [out] if out else []
+
+        return stream
+
     def _inject(self, flow: http.HTTPFlow, route: Route | None) -> None:
         if route is None:
             return
@@ -239,12 +344,12 @@ class BottleEgress:
         flow.request.headers.pop(name, None)
         flow.request.headers[name] = value
 
-    def _block(self, flow: http.HTTPFlow, verdict: decide.Verdict) -> None:
+    def _block(self, flow: http.HTTPFlow, verdict: decide.Verdict, kind: str = "text") -> None:
         st = _state(flow)
         st.update(decision="block", reason=verdict.reason, blocked=True, decided=True)
         st["rule"] = verdict.rule_id or st["rule"]
         flow.request.stream = False
-        flow.response = make_block_response(verdict.status, verdict.reason, st["rule"])
+        flow.response = make_block_response(verdict.status, verdict.reason, st["rule"], kind)
 
     def _would_block(self, st: dict[str, Any], rule_id: str | None, reason: str) -> None:
         if st["decision"] != "would_block":
@@ -304,6 +409,16 @@ class BottleEgress:
             "scanner": st["scanner"],
             "token_ref": st["token_ref"],
         })
+
+
+def _git_kind(path: str) -> str:
+    request = git.classify(path)
+    service = request.service if request else "git-upload-pack"
+    if path.split("?", 1)[0].endswith("/info/refs"):
+        return f"git-{service}-advertisement"
+    if service == "git-receive-pack":
+        return "text"  # a push refused on its URL: git shows the HTTP status
+    return f"git-{service}-result"
 
 
 def _peer_ip(flow: http.HTTPFlow) -> str:

@@ -77,6 +77,36 @@ class Dns:
 
 
 @dataclass(frozen=True)
+class GitRepository:
+    """One repository the agent may use over smart HTTP (`git.repositories[i]`)."""
+
+    id: str
+    host: str
+    path: str  # owner/repo, lower case, without .git
+    access: str  # read | push
+
+
+@dataclass(frozen=True)
+class GitPolicy:
+    repositories: tuple[GitRepository, ...]
+    protected_branches: tuple[str, ...]
+    push_branches: tuple[str, ...] | None
+    allow_force_push: bool
+    allow_branch_deletion: bool
+
+
+@dataclass(frozen=True)
+class GithubDeny:
+    """A refused GitHub API operation: REST (method + path glob) or a GraphQL mutation field."""
+
+    id: str
+    method: str | None
+    path: str | None
+    graphql: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     bottle: str
@@ -88,9 +118,14 @@ class Policy:
     scanner: Scanner
     upstream_ca: str | None
     dns: Dns | None
+    git: GitPolicy | None = None
+    github_deny: tuple[GithubDeny, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        data = _jsonable(asdict(self))
+        deny = data.pop("github_deny")
+        data["github"] = {"deny": deny} if deny else None
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -126,10 +161,14 @@ def parse_policy(text: str) -> Policy:
     upstream_ca = obj.take("upstream_ca", str, optional=True)
     dns_raw = obj.take("dns", dict, optional=True)
     dns = None if dns_raw is None else _parse_dns(dns_raw, "dns")
+    git_raw = obj.take("git", dict, optional=True)
+    git = None if git_raw is None else _parse_git(git_raw, "git")
+    github_raw = obj.take("github", dict, optional=True)
+    github_deny = () if github_raw is None else _parse_github(github_raw, "github")
     obj.finish()
     _check_unique([r.id for r in rules] + [r.id for r in routes], "rules/routes id")
     _check_unique([r.placeholder for r in routes], "routes placeholder")
-    return Policy(1, bottle, mode, listen, clients, rules, routes, scanner, upstream_ca, dns)
+    return Policy(1, bottle, mode, listen, clients, rules, routes, scanner, upstream_ca, dns, git, github_deny)
 
 
 class _Obj:
@@ -252,6 +291,60 @@ def _parse_route(data: Any, where: str) -> Route:
     if username is not None and scheme != "basic":
         raise PolicyError(f"{obj.key('username')}: only allowed with scheme basic")
     return Route(route_id, host, methods, paths, scheme, header, username, token_ref, placeholder)
+
+
+_REPO_PATH_RE = re.compile(r"^[a-z0-9_.-]+(/[a-z0-9_.-]+)+$")
+_REF_GLOB_RE = re.compile(r"^[^\s\0~^:?\[\\]+$")
+_GRAPHQL_NAME_RE = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
+
+
+def _parse_git(data: dict, where: str) -> GitPolicy:
+    obj = _Obj(data, where)
+    repos = []
+    for i, raw in enumerate(obj.take("repositories", list)):
+        r = _Obj(raw, f"{where}.repositories[{i}]")
+        repo_id = _nonempty(r.take("id", str), r.key("id"))
+        host = _parse_host(r.take("host", str), r.key("host"))
+        if host.startswith("*."):
+            raise PolicyError(f"{r.key('host')}: a git repository host must be exact: {host!r}")
+        path = r.take("path", str)
+        if not _REPO_PATH_RE.match(path) or path.endswith(".git") or any(s in (".", "..") for s in path.split("/")):
+            raise PolicyError(f"{r.key('path')}: not a lower-case owner/repo path: {path!r}")
+        access = r.take_choice("access", ("read", "push"))
+        r.finish()
+        repos.append(GitRepository(repo_id, host, path, access))
+    protected = obj.take_strings("protected_branches", _REF_GLOB_RE, "branch glob") or ()
+    push = obj.take_strings("push_branches", _REF_GLOB_RE, "branch glob")
+    force = obj.take("allow_force_push", bool)
+    deletion = obj.take("allow_branch_deletion", bool)
+    obj.finish()
+    _check_unique([r.id for r in repos], "git.repositories id")
+    return GitPolicy(tuple(repos), protected, push, force, deletion)
+
+
+def _parse_github(data: dict, where: str) -> tuple[GithubDeny, ...]:
+    obj = _Obj(data, where)
+    out = []
+    for i, raw in enumerate(obj.take("deny", list)):
+        d = _Obj(raw, f"{where}.deny[{i}]")
+        deny_id = _nonempty(d.take("id", str), d.key("id"))
+        method = d.take("method", str, optional=True)
+        path = d.take("path", str, optional=True)
+        graphql = d.take("graphql", str, optional=True)
+        reason = _nonempty(d.take("reason", str), d.key("reason"))
+        d.finish()
+        if (graphql is None) == (path is None):
+            raise PolicyError(f"{d.where}: needs either path (REST) or graphql")
+        if method is not None and (path is None or not _METHOD_RE.match(method)):
+            raise PolicyError(f"{d.key('method')}: an HTTP method, only with path: {method!r}")
+        if path is not None and not _PATH_RE.match(path):
+            raise PolicyError(f"{d.key('path')}: not a path pattern: {path!r}")
+        if graphql is not None and not _GRAPHQL_NAME_RE.match(graphql):
+            raise PolicyError(f"{d.key('graphql')}: not a GraphQL field name: {graphql!r}")
+        out.append(GithubDeny(deny_id, method, path, graphql, reason))
+    obj.finish()
+    _check_unique([d.id for d in out], "github.deny id")
+    return tuple(out)
 
 
 def _parse_scanner(data: dict, where: str) -> Scanner:

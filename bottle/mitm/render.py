@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 
@@ -67,5 +68,20 @@ def render_policy(
         },
         "upstream_ca": upstream_ca_path,
         "dns": {"host": dns_host, "port": dns_port} if dns_host else None,
+        "git": _git(plan),
+        "github": {"deny": [dataclasses.asdict(d) for d in plan.github_deny]} if plan.github_deny else None,
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def _git(plan: BottlePlan) -> dict | None:
+    git = plan.git
+    if git is None:
+        return None
+    return {
+        "repositories": [dataclasses.asdict(r) for r in git.repositories],
+        "protected_branches": list(git.protected_branches),
+        "push_branches": list(git.push_branches) if git.push_branches is not None else None,
+        "allow_force_push": git.allow_force_push,
+        "allow_branch_deletion": git.allow_branch_deletion,
+    }

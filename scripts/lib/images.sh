@@ -3,7 +3,7 @@
 #   ensure_base_images   choose base images (local, pulled, or local stand-ins)
 #                        -> BOTTLE_BASE_PYTHON, BOTTLE_BASE_NODE
 #   ensure_images        build bottle/egress-proxy and bottle/agent
-#   ensure_test_images   build bottle-test/upstream:latest
+#   ensure_test_images   build bottle-test/upstream:latest and bottle-test/git:latest
 #   ensure_pipelock      find/build a pipelock image and binary
 #                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN
 #                           or BOTTLE_TEST_PIPELOCK_BLOCKED (reason)
@@ -174,6 +174,8 @@ ensure_test_images() {
     [[ -n "${BOTTLE_BASE_PYTHON:-}" ]] || ensure_base_images
     [[ -f "$BOTTLE_ROOT/tests/upstream/server.py" ]] || die "tests/upstream/server.py is missing"
     build_image bottle-test/upstream:latest "$BOTTLE_ROOT/tests/images/upstream/Dockerfile" "$BOTTLE_ROOT" \
+        --build-arg "BASE_IMAGE=$BOTTLE_BASE_PYTHON"
+    build_image bottle-test/git:latest "$BOTTLE_ROOT/tests/images/git/Dockerfile" "$BOTTLE_ROOT" \
         --build-arg "BASE_IMAGE=$BOTTLE_BASE_PYTHON"
 }
 

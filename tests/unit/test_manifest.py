@@ -303,7 +303,7 @@ def errors_of(write_manifest, text: str) -> str:
             """
             - version: 1
             """,
-            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, docker; "
+            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, git, github, docker; "
             "found a list of 1 item",
             id="not-a-mapping",
         ),
@@ -375,3 +375,137 @@ def test_alias_bombs_are_refused(write_manifest):
 )
 def test_host_matching(pattern, host, matches):
     assert host_matches(pattern, host) is matches
+
+
+# -- git and github -------------------------------------------------------------------
+
+GIT_BASE = """
+version: 1
+name: demo
+egress: {allow: [{host: github.com}]}
+"""
+
+
+def test_git_section_gets_its_defaults_and_repositories_are_normalised(write_manifest):
+    manifest = load_manifest(write_manifest(GIT_BASE + """
+git:
+  repositories: [{repo: GitHub.com/Acme/Widgets.git, access: push}]
+github:
+  deny: [{graphql: deleteIssue, reason: no deleting issues}]
+"""))
+    assert manifest.data["git"] == {
+        "repositories": [{"repo": "github.com/acme/widgets", "access": "push"}],
+        "protected_branches": ["main", "master"],
+        "allow_force_push": False,
+        "allow_branch_deletion": False,
+    }
+    assert manifest.data["github"] == {"deny": [{"graphql": "deleteIssue", "reason": "no deleting issues"}]}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: github.com/acme/widgets, access: push}]
+  alow_force_push: true
+""",
+            "M:7: git.alow_force_push: expected one of the keys repositories, protected_branches, push_branches, "
+            "allow_force_push, allow_branch_deletion; found unknown key 'alow_force_push' (did you mean "
+            "'allow_force_push'?)",
+            id="git-misspelt-key",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: github.com/acme/widgets, access: rw}]
+""",
+            "M:6: git.repositories[0].access: expected one of read, push; found string 'rw'",
+            id="git-bad-access",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: github.com/widgets, access: read}]
+""",
+            "M:6: git.repositories[0].repo: expected host/owner/repo such as github.com/acme/widgets; "
+            "found string 'github.com/widgets'",
+            id="git-repo-without-owner",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: github.com/../widgets, access: read}]
+""",
+            "M:6: git.repositories[0].repo: expected host/owner/repo such as github.com/acme/widgets; "
+            "found string 'github.com/../widgets'",
+            id="git-repo-dot-segment",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: gitlab.example.com/group/sub/tool.git, access: read}]
+""",
+            "M:6: git.repositories[0].repo: expected a repository on a host that an egress.allow rule allows; "
+            "found string 'gitlab.example.com/group/sub/tool' (add an egress.allow rule for gitlab.example.com)",
+            id="git-host-not-allowed",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories:
+    - {repo: github.com/acme/widgets, access: read}
+    - {repo: GitHub.com/Acme/Widgets.git, access: push}
+""",
+            "M:8: git.repositories[1].repo: expected each repository once; found string 'github.com/acme/widgets' "
+            "again (first at git.repositories[0])",
+            id="git-duplicate-repository",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git: {protected_branches: [main]}
+""",
+            "M:5: git.repositories: expected a value (a list); found nothing",
+            id="git-needs-repositories",
+        ),
+        pytest.param(
+            GIT_BASE + """
+git:
+  repositories: [{repo: github.com/acme/widgets, access: push}]
+  push_branches: ["sandbox/ x"]
+""",
+            "M:7: git.push_branches[0]: expected a branch name or glob such as main or sandbox/*; "
+            "found string 'sandbox/ x'",
+            id="git-bad-branch-glob",
+        ),
+        pytest.param(
+            GIT_BASE + """
+github:
+  deny:
+    - {method: DELETE, path: /repos/x, graphql: deleteIssue, reason: nope}
+    - {graphql: deleteIssue, method: POST, reason: nope}
+    - {reason: nope}
+""",
+            "3 problems in M:\n"
+            "M:7: github.deny[0]: expected either path (REST) or graphql (a mutation field); found both\n"
+            "M:8: github.deny[1].method: expected no method with graphql (GraphQL is POST /graphql); "
+            "found string 'POST'\n"
+            "M:9: github.deny[2]: expected either path (REST) or graphql (a mutation field); found neither",
+            id="github-deny-path-or-graphql",
+        ),
+        pytest.param(
+            GIT_BASE + """
+github:
+  deny: [{graphql: deleteIssue, mehtod: POST}]
+""",
+            "2 problems in M:\n"
+            "M:6: github.deny[0].mehtod: expected one of the keys method, path, graphql, reason; "
+            "found unknown key 'mehtod' (did you mean 'method'?)\n"
+            "M:6: github.deny[0].reason: expected a value (a one-line reason); found nothing",
+            id="github-deny-misspelt-and-missing-reason",
+        ),
+    ],
+)
+def test_git_and_github_errors(write_manifest, text, message):
+    assert errors_of(write_manifest, text) == message

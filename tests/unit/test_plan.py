@@ -156,3 +156,53 @@ def write_manifest(tmp_path):
         return p
 
     return write
+
+
+def test_git_and_github_sections_become_plan_data_and_proxy_policy(write_manifest):
+    from bottle.mitm.policy import GithubDeny, GitRepository, parse_policy
+    from bottle.mitm.render import render_policy
+    from bottle.plan import GitSpec
+
+    manifest = load_manifest(write_manifest("""
+        version: 1
+        name: demo
+        egress:
+          allow: [{host: github.com}, {host: gitlab.example.com}]
+        git:
+          repositories:
+            - {repo: github.com/Acme/Widgets.git, access: push}
+            - {repo: gitlab.example.com/group/sub/tool, access: read}
+          push_branches: ["sandbox/*"]
+        github:
+          deny: [{method: DELETE, path: "/repos/*/*/issues/*/comments/*", reason: no deleting comments}]
+    """))
+    plan = build_plan(manifest, env={}, run_id="abc123")
+    assert plan.git == GitSpec(
+        repositories=(
+            plan.git.repositories[0].__class__(id="git.repositories[0]", host="github.com", path="acme/widgets",
+                                               access="push"),
+            plan.git.repositories[0].__class__(id="git.repositories[1]", host="gitlab.example.com",
+                                               path="group/sub/tool", access="read"),
+        ),
+        protected_branches=("main", "master"), push_branches=("sandbox/*",),
+        allow_force_push=False, allow_branch_deletion=False,
+    )
+    text = render_policy(plan, clients=["172.20.0.3"], listen_host="0.0.0.0", listen_port=8080,
+                         scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16, placeholders={},
+                         upstream_ca_path=None, dns_host=None)
+    policy = parse_policy(text)
+    assert policy.git.repositories[1] == GitRepository("git.repositories[1]", "gitlab.example.com", "group/sub/tool",
+                                                       "read")
+    assert policy.git.push_branches == ("sandbox/*",)
+    assert policy.github_deny == (
+        GithubDeny("github.deny[0]", "DELETE", "/repos/*/*/issues/*/comments/*", None, "no deleting comments"),)
+    assert parse_policy(policy.to_json()) == policy
+
+
+def test_plan_without_git_renders_null_sections():
+    from bottle.mitm.render import render_policy
+
+    text = render_policy(example_plan(), clients=["172.20.0.3"], listen_host="0.0.0.0", listen_port=8080,
+                         scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16,
+                         placeholders={"ANTHROPIC_API_KEY": "p" * 20}, upstream_ca_path=None, dns_host=None)
+    assert json.loads(text)["git"] is None and json.loads(text)["github"] is None

@@ -70,3 +70,37 @@ def test_invalid_policy_names_the_key(data, message):
     with pytest.raises(PolicyError) as e:
         parse_policy(text)
     assert str(e.value) == message
+
+
+GIT = {"repositories": [{"id": "git.repositories[0]", "host": "github.com", "path": "acme/widgets", "access": "push"}],
+       "protected_branches": ["main"], "push_branches": None, "allow_force_push": False,
+       "allow_branch_deletion": False}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"git": dict(GIT, repositories=[dict(GIT["repositories"][0], path="Acme/Widgets")])},
+         "git.repositories[0].path: not a lower-case owner/repo path: 'Acme/Widgets'"),
+        ({"git": dict(GIT, repositories=[dict(GIT["repositories"][0], host="*.github.com")])},
+         "git.repositories[0].host: a git repository host must be exact: '*.github.com'"),
+        ({"git": dict(GIT, repositories=[dict(GIT["repositories"][0], access="write")])},
+         "git.repositories[0].access: must be one of read, push, got 'write'"),
+        ({"git": dict(GIT, extra=1)}, "git: unknown key(s): extra"),
+        ({"github": {"deny": [{"id": "d", "method": None, "path": None, "graphql": None, "reason": "r"}]}},
+         "github.deny[0]: needs either path (REST) or graphql"),
+        ({"github": {"deny": [{"id": "d", "method": "POST", "path": None, "graphql": "x", "reason": "r"}]}},
+         "github.deny[0].method: an HTTP method, only with path: 'POST'"),
+    ],
+)
+def test_bad_git_and_github_sections_are_refused(changes, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(json.dumps(policy_dict(**changes)))
+    assert str(info.value) == message
+
+
+def test_git_and_github_sections_round_trip():
+    deny = {"deny": [{"id": "github.deny[0]", "method": None, "path": None, "graphql": "deleteIssue", "reason": "r"}]}
+    policy = parse_policy(json.dumps(policy_dict(git=GIT, github=deny)))
+    assert policy.git.repositories[0].path == "acme/widgets"
+    assert parse_policy(policy.to_json()) == policy
