@@ -146,6 +146,24 @@ class BottlePlan:
         return tuple(ref for ref in self.egress.token_refs if ref not in present)
 
 
+def git_document(plan: BottlePlan) -> dict[str, Any] | None:
+    """The `git` section as plain data, for the policy file and the dry-run."""
+    git = plan.git
+    if git is None:
+        return None
+    return {
+        "repositories": [dataclasses.asdict(r) for r in git.repositories],
+        "protected_branches": list(git.protected_branches),
+        "push_branches": list(git.push_branches) if git.push_branches is not None else None,
+        "allow_force_push": git.allow_force_push,
+        "allow_branch_deletion": git.allow_branch_deletion,
+    }
+
+
+def github_document(plan: BottlePlan) -> dict[str, Any] | None:
+    return {"deny": [dataclasses.asdict(d) for d in plan.github_deny]} if plan.github_deny else None
+
+
 def new_run_id() -> str:
     return secrets.token_hex(3)
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 
-from bottle.plan import BottlePlan
+from bottle.plan import BottlePlan, git_document, github_document
 
 POLICY_VERSION = 1
 SCANNER_TIMEOUT_SECONDS = 10
@@ -33,28 +33,10 @@ def render_policy(
         "mode": plan.egress.mode,
         "listen": {"host": listen_host, "port": listen_port},
         "clients": list(clients),
-        "rules": [
-            {
-                "id": rule.id,
-                "host": rule.host,
-                "methods": list(rule.methods) if rule.methods else None,
-                "paths": list(rule.paths) if rule.paths else None,
-                "ports": list(rule.ports),
-                "private_upstream": rule.private_upstream,
-                "scan_body": rule.scan_body,
-            }
-            for rule in plan.egress.rules
-        ],
+        "rules": [dataclasses.asdict(rule) for rule in plan.egress.rules],
         "routes": [
             {
-                "id": route.id,
-                "host": route.host,
-                "methods": list(route.methods) if route.methods else None,
-                "paths": list(route.paths) if route.paths else None,
-                "scheme": route.scheme,
-                "header": route.header,
-                "username": route.username,
-                "token_ref": route.token_ref,
+                **{k: v for k, v in dataclasses.asdict(route).items() if k != "token_present"},
                 "placeholder": placeholders[route.token_ref],
             }
             for route in plan.egress.routes
@@ -68,20 +50,8 @@ def render_policy(
         },
         "upstream_ca": upstream_ca_path,
         "dns": {"host": dns_host, "port": dns_port} if dns_host else None,
-        "git": _git(plan),
-        "github": {"deny": [dataclasses.asdict(d) for d in plan.github_deny]} if plan.github_deny else None,
+        "git": git_document(plan),
+        "github": github_document(plan),
     }
     return json.dumps(document, indent=2) + "\n"
 
-
-def _git(plan: BottlePlan) -> dict | None:
-    git = plan.git
-    if git is None:
-        return None
-    return {
-        "repositories": [dataclasses.asdict(r) for r in git.repositories],
-        "protected_branches": list(git.protected_branches),
-        "push_branches": list(git.push_branches) if git.push_branches is not None else None,
-        "allow_force_push": git.allow_force_push,
-        "allow_branch_deletion": git.allow_branch_deletion,
-    }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan
+from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan, git_document, github_document
 
 LABEL_PREFIX = "dev.bottle"
 MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
@@ -373,35 +373,13 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
         "egress": {
             "mode": plan.egress.mode,
             "mitm": {"enabled": True, "ca_fingerprint": None},
-            "rules": [
-                {
-                    "id": r.id,
-                    "host": r.host,
-                    "methods": list(r.methods) if r.methods else None,
-                    "paths": list(r.paths) if r.paths else None,
-                    "ports": list(r.ports),
-                    "private_upstream": r.private_upstream,
-                    "scan_body": r.scan_body,
-                }
-                for r in plan.egress.rules
-            ],
-            "routes": [
-                {
-                    "id": r.id,
-                    "host": r.host,
-                    "methods": list(r.methods) if r.methods else None,
-                    "paths": list(r.paths) if r.paths else None,
-                    "scheme": r.scheme,
-                    "header": r.header,
-                    "username": r.username,
-                    "token_ref": r.token_ref,
-                    "token_present": r.token_present,
-                }
-                for r in plan.egress.routes
-            ],
+            "rules": [dataclasses.asdict(r) for r in plan.egress.rules],
+            "routes": [dataclasses.asdict(r) for r in plan.egress.routes],
             "upstream_ca": plan.egress.upstream_ca,
             "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
         },
+        "git": git_document(plan),
+        "github": github_document(plan),
         "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode},
         "networks": [
             {
