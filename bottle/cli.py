@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from bottle import __version__
-from bottle.errors import BottleError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -162,7 +161,4 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BottleError as e:  # pragma: no cover - BottleError is a ClickException
-        e.show()
-        return e.exit_code
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,3 @@ class BottleBackend(abc.ABC):
     def cleanup(self, *, remove_running: bool, dry_run: bool, echo: Callable[[str], None]) -> int:
         """Remove leftovers of bottles whose `bottle start` is gone. Returns how many were removed."""
 
-
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield

@@ -14,7 +14,7 @@ from bottle.backend.base import BottleBackend, RunningBottle
 from bottle.backend.docker import backend as docker_backend
 from bottle.backend.docker.backend import DockerBackend
 from bottle.backend.docker.plan import docker_plan
-from bottle.errors import BackendError
+from bottle.errors import BackendError, StartError
 from bottle.manifest import load_manifest
 from bottle.plan import build_plan
 from bottle.run import run_bottle
@@ -181,3 +181,23 @@ def test_credentials_reach_docker_create_by_environment_never_argv(tmp_path, mon
     agent_create = next(c for c in docker.calls if c[0] == "create" and "bottle-claude-abc123-agent" in c)
     placeholder = next(a for a in agent_create if a.startswith("ANTHROPIC_API_KEY="))
     assert placeholder.startswith("ANTHROPIC_API_KEY=bottle-placeholder-anthropic-api-key-")
+
+
+def test_a_missing_image_is_explained_with_a_tip(tmp_path):
+    class MissingImage(FakeDocker):
+        def run(self, args, **kwargs):
+            if args[:1] == ["create"] and "bottle-claude-abc123-agent" in args:
+                self.calls.append(list(args))
+                raise BackendError("`docker create ...` failed with exit code 125\n  stderr:\n"
+                                   "    Unable to find image 'bottle/agent:0.1.0' locally")
+            return super().run(args, **kwargs)
+
+    docker = MissingImage(fail_on="nothing-fails")
+    with pytest.raises(StartError) as info:
+        run_bottle(example_dplan(), DockerBackend(docker, env={}), egress_log=tmp_path / "l.jsonl", env={})
+    assert info.value.message == (
+        "the agent image bottle/agent:0.1.0 is not available here and could not be pulled:\n"
+        "  Unable to find image 'bottle/agent:0.1.0' locally\n"
+        "Tip: build bottle's images with `bottle build`, or set the image in the manifest"
+    )
+    assert "bottle-claude-abc123-agent" in removals(docker)

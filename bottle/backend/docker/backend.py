@@ -219,7 +219,17 @@ class DockerBackend(BottleBackend):
             child_env.update({name: env[name] for name in names if env.get(name)})
         # Record the name first: a create that fails half-way may still leave a container.
         created.add("container", container.name)
-        self.docker.run(argv, env=child_env)
+        try:
+            self.docker.run(argv, env=child_env)
+        except BackendError as e:
+            if any(s in e.message for s in ("Unable to find image", "No such image", "pull access denied")):
+                detail = e.message.split("stderr:", 1)[-1].strip()
+                raise StartError(
+                    f"the {container.role} image {container.image} is not available here and could not be "
+                    f"pulled:\n  {detail}",
+                    tip="build bottle's images with `bottle build`, or set the image in the manifest",
+                ) from None
+            raise
 
     def _teardown(self, created: _Created, keep: bool) -> None:
         created.stopping.set()
