@@ -69,8 +69,10 @@ class GuardedEventLoop(asyncio.SelectorEventLoop):
 
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
         infos = await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
-        if self.policy is None or flags & socket.AI_PASSIVE or host is None:
+        if flags & socket.AI_PASSIVE or host is None:  # binding our own listeners
             return infos
+        if self.policy is None:
+            raise UpstreamRefused(f"bottle: no policy loaded yet, refusing to resolve {host!r}")
         name = host.decode() if isinstance(host, bytes) else str(host)
         return filter_addresses(self.policy, name, port, infos)
 
