@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net.http.http1 import expected_http_body_size
+from mitmproxy.websocket import WebSocketMessage
 
 from bottle.mitm import decide, git, github
 from bottle.mitm.bodies import UnscannableBody, decode_content, unpack_body
@@ -62,7 +64,7 @@ def _state(flow: http.HTTPFlow) -> dict[str, Any]:
     return flow.metadata.setdefault(
         _META,
         {"decided": False, "decision": "allow", "rule": None, "reason": "", "scanner": [],
-         "token_ref": None, "bytes_up": 0, "bytes_down": 0, "logged": False},
+         "token_ref": None, "bytes_up": 0, "bytes_down": 0, "scrubbed": 0, "logged": False},
     )
 
 
@@ -158,6 +160,7 @@ class BottleEgress:
             return await self._start_push(flow, route)
         graphql = host == github.HOST and github.is_graphql(req.method, req.path)
         rule = next((r for r in policy.rules if r.id == rule_id), None)
+        st["scan_body"] = rule is None or rule.scan_body  # for the messages of a websocket
         if rule is not None and not rule.scan_body and not graphql:
             # Streamed bodies reach upstream before `request` runs, so decide everything now.
             if await self._scan(flow, route, []):
@@ -206,8 +209,30 @@ class BottleEgress:
         push: git.PushInspector | None = st.get("push")
         if push is not None and push.refusals:
             return  # upstream's answer to the empty body is replaced in `response`
-        if flow.response is not None and not st.get("blocked"):
+        if flow.response is None or st.get("blocked"):
+            return
+        scrubs = st.get("scrubs")
+        if not scrubs:
             flow.response.stream = self._counter(st, "bytes_down")
+            return
+        resp = flow.response
+        has_body = expected_http_body_size(flow.request, resp) != 0
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        if has_body and encoding not in ("", "identity"):
+            return self._refuse_response(flow, decide.block(
+                502, "compressed response to a credentialed request cannot be checked for the credential",
+                st["rule"]))
+        scrubber = decide.Scrubber(scrubs)
+        resp.headers.fields = tuple((name, scrubber.replace(value)) for name, value in resp.headers.fields)
+        st["scrubbed"] = scrubber.count
+        st["scrubber"] = scrubber
+        if has_body:
+            # Scrubbing changes the body's length: an HTTP/1.1 agent gets it chunked, an
+            # HTTP/2 one framed by HTTP/2, an HTTP/1.0 exchange ends when the connection closes.
+            resp.headers.pop("content-length", None)
+            if flow.request.http_version == "HTTP/1.1" and resp.http_version != "HTTP/1.0":
+                resp.headers["transfer-encoding"] = "chunked"
+            resp.stream = self._scrub_stream(st, scrubber)
 
     @_fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -217,6 +242,14 @@ class BottleEgress:
             rule_id, reason = push.first_refusal
             st.update(decision="block", rule=rule_id, reason=reason, blocked=True)
             flow.response = make_push_report(push.report(), rule_id)
+        if (refusal := st.get("refused_response")) is not None:
+            # mitmproxy fills a response that was not streamed with upstream's body.
+            flow.response = make_block_response(*refusal)
+        elif (scrubber := st.get("scrubber")) is not None and flow.response is not None:
+            if flow.response.trailers:
+                trailers = flow.response.trailers
+                trailers.fields = tuple((name, scrubber.replace(value)) for name, value in trailers.fields)
+            st["scrubbed"] = scrubber.count
         self._log(flow)
 
     @_fail_closed
@@ -242,11 +275,24 @@ class BottleEgress:
             data.server.error = f"bottle: internal error in upstream check ({type(e).__name__})"
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Scan each client message before mitmproxy forwards it; server messages pass.
+
+        mitmproxy assembles a whole message (all its frames) in memory before this hook, and
+        holds it, and everything after it on this websocket, until the hook returns. Only
+        the scan limit bounds what is sent to the scanner, not what mitmproxy buffers.
+        """
+        message: WebSocketMessage | None = None
         try:
+            assert flow.websocket is not None
+            message = flow.websocket.messages[-1]
             # mitmproxy keeps every message of a live websocket; keep only the newest.
             del flow.websocket.messages[:-1]
+            if message.from_client:
+                await self._check_ws_message(flow, message)
         except Exception:
-            print(f"bottle: websocket_message failed: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            print(f"bottle: websocket_message failed, dropping: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            if message is not None:
+                message.drop()
             flow.kill()
 
     # -- helpers -----------------------------------------------------------
@@ -281,6 +327,74 @@ class BottleEgress:
             return True
         self._block(flow, decide.block(403, reason, st["rule"]))
         return False
+
+    async def _check_ws_message(self, flow: http.HTTPFlow, message: WebSocketMessage) -> None:
+        policy = self._policy()
+        st = _state(flow)
+        limit = policy.scanner.max_body_bytes
+        if not message.is_text:
+            if not st.get("scan_body", True):
+                return
+            return self._drop_ws(flow, message, decide.block(415, "binary websocket message cannot be scanned"))
+        if len(message.content) > limit:
+            return self._drop_ws(flow, message, decide.block(
+                413, f"websocket message of {len(message.content)} bytes exceeds the scan limit of {limit}"))
+        if self.scanner is None:
+            return self._drop_ws(flow, message, decide.block(503, "scanner unavailable: no scanner configured"))
+        try:
+            result = await self.scanner.scan_text(message.content.decode("utf-8", "replace"))
+        except ScannerUnavailable as e:
+            return self._drop_ws(flow, message, decide.block(503, f"scanner unavailable: {e.reason}"))
+        if result.decision != "deny":
+            return
+        findings = [rule for rule, _ in result.findings]
+        reason = "scanner found " + "; ".join(f"{rule}: {msg}" for rule, msg in result.findings)
+        if policy.scanner.mode == "audit":
+            return self._log_ws(flow, message, 101, "would_block", reason, findings)
+        self._drop_ws(flow, message, decide.block(403, reason), findings)
+
+    def _drop_ws(self, flow: http.HTTPFlow, message: WebSocketMessage, verdict: decide.Verdict,
+                 findings: list[str] | None = None) -> None:
+        message.drop()
+        self._log_ws(flow, message, verdict.status, "block", verdict.reason, findings or [])
+
+    def _log_ws(self, flow: http.HTTPFlow, message: WebSocketMessage, status: int, decision: str,
+                reason: str, findings: list[str]) -> None:
+        line = self._line(flow, message.timestamp, status)
+        line.update(method="WS", bytes_up=len(message.content), bytes_down=0, decision=decision,
+                    reason=reason, scanner=findings, scrubbed=0)
+        self.emit(line)
+
+    def _refuse_response(self, flow: http.HTTPFlow, verdict: decide.Verdict) -> None:
+        """Answer with bottle's refusal instead of upstream's response, whose head is in.
+
+        Upstream's body is discarded as it arrives; the refusal goes out with its first
+        chunk (or is set again in `response` when nothing was streamed).
+        """
+        st = _state(flow)
+        st.update(decision="block", reason=verdict.reason, blocked=True)
+        st["rule"] = verdict.rule_id or st["rule"]
+        st["refused_response"] = (verdict.status, verdict.reason, st["rule"])
+        flow.response = make_block_response(verdict.status, verdict.reason, st["rule"])
+        pending = [flow.response.raw_content or b""]
+
+        def discard(chunk: bytes) -> list[bytes]:
+            out = [c for c in pending if c]
+            pending.clear()
+            return out
+
+        flow.response.stream = discard
+
+    @staticmethod
+    def _scrub_stream(st: dict[str, Any], scrubber: decide.Scrubber) -> Callable[[bytes], list[bytes]]:
+        # A list, never b"": an empty chunk in a chunked body is its terminator.
+        def scrub(chunk: bytes) -> list[bytes]:
+            out = scrubber.feed(chunk)
+            st["bytes_down"] += len(out)
+            st["scrubbed"] = scrubber.count
+            return [out] if out else []
+
+        return scrub
 
     async def _start_push(self, flow: http.HTTPFlow, route: Route | None) -> None:
         """Stream a push through a PushInspector: nothing reaches upstream until it is allowed.
@@ -343,6 +457,10 @@ class BottleEgress:
         name, value = decide.credential_header(route, self.env)
         flow.request.headers.pop(name, None)
         flow.request.headers[name] = value
+        # The answer is scrubbed of the credential on its way back, which needs a body
+        # bottle can read: a compressed one is refused in `responseheaders`.
+        flow.request.headers["accept-encoding"] = "identity"
+        _state(flow)["scrubs"] = decide.credential_scrubs(route, self.env)
 
     def _block(self, flow: http.HTTPFlow, verdict: decide.Verdict, kind: str = "text") -> None:
         st = _state(flow)
@@ -384,13 +502,16 @@ class BottleEgress:
         if st["logged"]:
             return
         st["logged"] = True
-        req = flow.request
         if status is None:
             status = flow.response.status_code if flow.response else 0
         if st.get("blocked") and flow.response is not None:
             st["bytes_down"] = len(flow.response.raw_content or b"")
-        started = req.timestamp_start or time.time()
-        self.emit({
+        self.emit(self._line(flow, flow.request.timestamp_start or time.time(), status))
+
+    def _line(self, flow: http.HTTPFlow, started: float, status: int) -> dict[str, Any]:
+        st = _state(flow)
+        req = flow.request
+        return {
             "time": _rfc3339(started),
             "bottle": self.policy.bottle if self.policy else None,
             "client": _peer_ip(flow),
@@ -408,7 +529,8 @@ class BottleEgress:
             "reason": st["reason"],
             "scanner": st["scanner"],
             "token_ref": st["token_ref"],
-        })
+            "scrubbed": st["scrubbed"],
+        }
 
 
 def _git_kind(path: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -259,6 +260,65 @@ def credential_header(route: Route, env: Mapping[str, str]) -> tuple[str, str]:
         raw = f"{route.username}:{value}" if route.username is not None else value
         return "authorization", "Basic " + base64.b64encode(raw.encode()).decode("ascii")
     return credential_header_name(route), value
+
+
+def credential_scrubs(route: Route, env: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """(real, placeholder) pairs an answer to a credentialed request must not carry back.
+
+    An upstream that reflects request headers (debug endpoints, error pages) would otherwise
+    hand the agent the real credential: the value itself, and for `basic` the base64 form
+    that was sent.
+    """
+    _, sent = credential_header(route, env)
+    placeholder = route.placeholder.encode()
+    pairs = [(env[route.token_ref].encode(), placeholder)]
+    if route.scheme == "basic":
+        pairs.append((sent.split(" ", 1)[1].encode(), placeholder))
+    return pairs
+
+
+class Scrubber:
+    """Replace secrets in a stream of chunks; a secret split across chunks is still caught.
+
+    The last len(longest secret)-1 bytes are held back until the next chunk (or the final
+    b"") shows whether they start a secret.
+    """
+
+    def __init__(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
+        longest_first = sorted({real for real, _ in pairs}, key=len, reverse=True)
+        self._pattern = re.compile(b"|".join(re.escape(real) for real in longest_first))
+        self._placeholders = dict(pairs)
+        self._keep = len(longest_first[0]) - 1
+        self._carry = b""
+        self.count = 0
+
+    def replace(self, data: bytes) -> bytes:
+        """Scrub one complete value (a header, the end of a stream)."""
+        out, end = self._replace_before(data, len(data))
+        return out + data[end:]
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Scrubbed bytes safe to send now; b"" flushes what was held back."""
+        data, self._carry = self._carry + chunk, b""
+        if not chunk:
+            return self.replace(data)
+        # Every secret starting before `limit` ends inside `data`, so the longest one there
+        # is known; a match starting later waits for the next chunk.
+        limit = max(0, len(data) - self._keep)
+        out, end = self._replace_before(data, limit)
+        cut = max(end, limit)
+        self._carry = data[cut:]
+        return out + data[end:cut]
+
+    def _replace_before(self, data: bytes, limit: int) -> tuple[bytes, int]:
+        parts, end = [], 0
+        for match in self._pattern.finditer(data):
+            if match.start() >= limit:
+                break
+            parts += [data[end:match.start()], self._placeholders[match.group()]]
+            end = match.end()
+            self.count += 1
+        return b"".join(parts), end
 
 
 def redact_query(path: str) -> str:

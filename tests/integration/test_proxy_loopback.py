@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.needs_pipelock
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "testtoken-0123456789abcdef0123456789"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+REAL_TOKEN = "loopback-real-credential-5d41402abc4b2a76"
+PLACEHOLDER = "bottle-placeholder-loopback-token-9e107d9d372bb682"
 
 
 def pipelock_bin() -> str:
@@ -98,7 +102,7 @@ def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
     return tmp / "bottle-ca.pem"
 
 
-def policy_json(*, proxy_port, upstream_ca, scanner_port, rules) -> str:
+def policy_json(*, proxy_port, upstream_ca, scanner_port, rules, routes=()) -> str:
     return json.dumps({
         "version": 1,
         "bottle": "bottle-loopback",
@@ -106,7 +110,7 @@ def policy_json(*, proxy_port, upstream_ca, scanner_port, rules) -> str:
         "listen": {"host": "127.0.0.1", "port": proxy_port},
         "clients": ["127.0.0.1"],
         "rules": rules,
-        "routes": [],
+        "routes": list(routes),
         "scanner": {"url": f"http://127.0.0.1:{scanner_port}/api/v1/scan", "token": TOKEN, "mode": "block",
                     "timeout_seconds": 10, "max_body_bytes": 8388608},
         "upstream_ca": str(upstream_ca),
@@ -119,6 +123,10 @@ RULES = [
      "ports": None, "private_upstream": True, "scan_body": True},
     {"id": "egress.allow[1]", "host": "localhost", "methods": ["PUT"], "paths": ["/upload"],
      "ports": None, "private_upstream": True, "scan_body": False},
+]
+ROUTES = [
+    {"id": "egress.routes[0]", "host": "localhost", "methods": ["GET"], "paths": ["/headers"], "scheme": "bearer",
+     "header": None, "username": None, "token_ref": "LOOPBACK_TOKEN", "placeholder": PLACEHOLDER},
 ]
 
 
@@ -152,12 +160,13 @@ class Loopback:
         rules = [dict(r, ports=[self.upstream_port]) for r in RULES]
         self.policy_path = self.tmp / "run" / "policy.json"
         self.policy_path.write_text(policy_json(proxy_port=self.proxy_port, upstream_ca=certs["upstream_ca"],
-                                                scanner_port=self.scanner_port, rules=rules))
+                                                scanner_port=self.scanner_port, rules=rules, routes=ROUTES))
         self.upstream_ca = certs["upstream_ca"]
         wait_port(self.scanner_port, self.procs["pipelock"])
         wait_port(self.upstream_port, self.procs["upstream"])
         env = {k: v for k, v in os.environ.items() if not k.endswith("PROXY") and not k.endswith("proxy")}
         env["PYTHONPATH"] = str(REPO)
+        env["LOOPBACK_TOKEN"] = REAL_TOKEN
         self.procs["launcher"] = subprocess.Popen(
             [sys.executable, "-m", "bottle.mitm.launcher", "--policy", str(self.policy_path),
              "--confdir", str(confdir)],
@@ -189,6 +198,13 @@ class Loopback:
         )
         body, _, code = out.stdout.rpartition("\n")
         return int(code or 0), body
+
+    def wait_proxy_lines(self, predicate, count: int, seconds: float = 5) -> list[dict]:
+        """Log lines are written a moment after the client has its answer."""
+        deadline = time.monotonic() + seconds
+        while len(lines := [l for l in self.proxy_lines() if predicate(l)]) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return lines
 
     def upstream_events(self) -> list[dict]:
         return [json.loads(line) for line in self.upstream_log.read_text().splitlines() if line.strip()]
@@ -261,6 +277,83 @@ def test_large_upload_streams_unscanned_with_bounded_memory(loopback):
     hwm_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     assert hwm_kb < 150 * 1024
     assert loopback.proxy_lines()[-1]["bytes_up"] == size
+
+
+class WebSocketClient:
+    """A minimal RFC 6455 client through the proxy's CONNECT tunnel (no third-party library)."""
+
+    def __init__(self, lb: Loopback, path: str = "/ws?session=abc") -> None:
+        raw = socket.create_connection(("127.0.0.1", lb.proxy_port), 10)
+        authority = f"localhost:{lb.upstream_port}"
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert self._head(raw).split(b" ")[1] == b"200"
+        self.sock = ssl.create_default_context(cafile=str(lb.bottle_ca)).wrap_socket(raw, server_hostname="localhost")
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        assert self._head(self.sock).split(b" ")[1] == b"101"
+        self.reader = self.sock.makefile("rb")
+
+    @staticmethod
+    def _head(sock) -> bytes:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)
+            assert byte, f"connection closed after {head!r}"
+            head += byte
+        return head
+
+    def send(self, opcode: int, data: bytes) -> None:
+        assert len(data) < 126
+        mask = os.urandom(4)
+        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(data)]) + mask
+                          + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def recv(self) -> tuple[int, bytes]:
+        first, second = self.reader.read(2)
+        assert second < 126
+        return first & 0x0F, self.reader.read(second)
+
+    def close(self) -> None:
+        self.send(0x8, (1000).to_bytes(2, "big"))
+        self.recv()
+        self.sock.close()
+
+
+def test_websocket_client_secret_never_reaches_upstream_but_clean_messages_do(loopback):
+    ws = WebSocketClient(loopback)
+    ws.send(0x1, b"hello")
+    assert ws.recv() == (0x1, b"hello")
+    ws.send(0x1, f"here is my key {AWS_KEY} ok".encode())
+    ws.send(0x2, b"\x00\x01binary")
+    ws.send(0x1, b"after")
+    assert ws.recv() == (0x1, b"after")  # the two dropped messages were never echoed
+    ws.close()
+    echoed = [e["text"] for e in loopback.upstream_events() if e["event"] == "ws_message"]
+    assert "hello" in echoed and "after" in echoed
+    assert not any(AWS_KEY in text or "binary" in text for text in echoed)
+    lines = loopback.wait_proxy_lines(lambda l: l.get("method") == "WS", 2)
+    assert [(l["path"], l["status"], l["decision"], l["scanner"]) for l in lines] == [
+        ("/ws?session=REDACTED", 403, "block", ["DLP-AWS Access ID"]),
+        ("/ws?session=REDACTED", 415, "block", []),
+    ]
+    assert AWS_KEY not in json.dumps(lines)
+
+
+@pytest.mark.parametrize("http_version", ["--http1.1", "--http2"])
+def test_credential_echoed_by_upstream_reaches_the_agent_as_the_placeholder(loopback, http_version):
+    logged = len(loopback.wait_proxy_lines(lambda l: l.get("path") == "/headers", 0))
+    code, text = loopback.curl("/headers", http_version, "--compressed", "-H", f"authorization: Bearer {PLACEHOLDER}")
+    assert code == 200, text
+    echoed = json.loads(text)
+    assert echoed["authorization"] == f"Bearer {PLACEHOLDER}"
+    assert echoed["accept-encoding"] == "identity"
+    assert REAL_TOKEN not in text
+    sent = [e for e in loopback.upstream_events() if e["event"] == "request" and e["path"] == "/headers"][-1]
+    assert sent["headers"]["authorization"] == f"Bearer {REAL_TOKEN}"  # upstream did get the real one
+    line = loopback.wait_proxy_lines(lambda l: l.get("path") == "/headers", logged + 1)[-1]
+    assert (line["decision"], line["token_ref"], line["scrubbed"]) == ("allow", "LOOPBACK_TOKEN", 1)
 
 
 def test_host_without_rule_is_refused_without_upstream_contact(loopback):

@@ -2,13 +2,15 @@
 """A stdlib-only HTTPS test upstream that logs one JSON line per connection and request.
 
 Endpoints: GET / (hello), GET /headers, GET /sse?n=&interval=, GET /bytes?n=,
-and any POST/PUT (body counted and hashed in chunks, chunked uploads supported).
+any POST/PUT (body counted and hashed in chunks, chunked uploads supported), and a
+WebSocket upgrade on any path (echoes each unfragmented message, logs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
 import json
 import ssl
@@ -17,6 +19,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 CHUNK = 256 * 1024
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 def log(event: dict) -> None:
@@ -136,6 +139,48 @@ async def handle_request(name, method, target, headers, reader, writer) -> None:
         await send_simple(writer, 404, b"not found\n", "text/plain")
 
 
+async def read_ws_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8), "big")
+    mask = await reader.readexactly(4) if second & 0x80 else b""
+    data = await reader.readexactly(size)
+    if mask:
+        data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    return first & 0x0F, data
+
+
+def ws_frame(opcode: int, data: bytes) -> bytes:
+    """One unmasked, final frame (a server never masks)."""
+    if len(data) < 126:
+        size = bytes([len(data)])
+    elif len(data) < 1 << 16:
+        size = bytes([126]) + len(data).to_bytes(2, "big")
+    else:
+        size = bytes([127]) + len(data).to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + size + data
+
+
+async def serve_websocket(name, target, headers, reader, writer) -> None:
+    log({"event": "request", "name": name, "method": "GET", "path": target, "headers": headers,
+         "body_len": 0, "time": time.time()})
+    accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + WS_GUID).encode()).digest()).decode()
+    writer.write(response_head(101, "Switching Protocols",
+                               {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}))
+    await writer.drain()
+    while True:
+        opcode, data = await read_ws_frame(reader)
+        log({"event": "ws_message", "name": name, "opcode": opcode, "len": len(data),
+             "text": data.decode("utf-8", "replace")[:4096], "time": time.time()})
+        writer.write(ws_frame(0xA if opcode == 0x9 else opcode, data))
+        await writer.drain()
+        if opcode == 0x8:
+            return
+
+
 async def handle_connection(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     peer = writer.get_extra_info("peername")
     log({"event": "connect", "name": name, "peer": list(peer) if peer else None, "time": time.time()})
@@ -145,6 +190,8 @@ async def handle_connection(name: str, reader: asyncio.StreamReader, writer: asy
             if head is None:
                 return
             method, target, headers = head
+            if headers.get("upgrade", "").lower() == "websocket":
+                return await serve_websocket(name, target, headers, reader, writer)
             await handle_request(name, method, target, headers, reader, writer)
             if headers.get("connection", "").lower() == "close":
                 return

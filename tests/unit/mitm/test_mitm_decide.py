@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import socket
 
 import pytest
@@ -112,3 +113,45 @@ def test_resolved_upstream_addresses_are_filtered(host, port, resolved, kept, er
 def test_discover_mode_resolves_unknown_hosts_to_global_addresses_only():
     policy = parse_policy(policy_text(mode="discover"))
     assert [i[4][0] for i in filter_addresses(policy, "evil.test", 443, infos("1.1.1.1", "127.0.0.1"))] == ["1.1.1.1"]
+
+
+# -- scrubbing a credential out of a response -----------------------------------
+
+PAIRS = [(b"real-secret", b"<placeholder>"), (b"cmVhbC1zZWNyZXQ=", b"<placeholder>")]
+
+
+@pytest.mark.parametrize("body, expected, count", [
+    (b"no secret here", b"no secret here", 0),
+    (b"real-secret", b"<placeholder>", 1),
+    (b"a real-secret b real-secret", b"a <placeholder> b <placeholder>", 2),
+    (b"Basic cmVhbC1zZWNyZXQ=;real-secret", b"Basic <placeholder>;<placeholder>", 2),
+    (b"real-secre", b"real-secre", 0),
+    (b"real-real-secret", b"real-<placeholder>", 1),
+])
+def test_scrubber_replaces_a_secret_wherever_the_chunks_split_it(body, expected, count):
+    whole = decide.Scrubber(PAIRS)
+    assert (whole.replace(body), whole.count) == (expected, count)
+    for size in range(1, len(body) + 1):
+        scrubber = decide.Scrubber(PAIRS)
+        out = b"".join(scrubber.feed(body[i:i + size]) for i in range(0, len(body), size)) + scrubber.feed(b"")
+        assert (out, scrubber.count) == (expected, count), size
+
+
+def test_scrubber_holds_back_only_what_could_start_a_secret():
+    scrubber = decide.Scrubber([(b"real-secret", b"<p>")])
+    assert scrubber.feed(b"0123456789abcdef") == b"012345"
+    assert scrubber.feed(b"") == b"6789abcdef"
+
+
+@pytest.mark.parametrize("route_id, env, expected", [
+    ("egress.routes[2]", {"EXAMPLE_TOKEN": "example-real"}, [b"example-real"]),
+    ("egress.routes[1]", {"GITHUB_TOKEN": "ghp_realvalue"},
+     [b"ghp_realvalue", base64.b64encode(b"x-access-token:ghp_realvalue")]),
+    ("egress.routes[4]", {"BASIC_PAIR": "alice:s3cret"}, [b"alice:s3cret", base64.b64encode(b"alice:s3cret")]),
+])
+def test_credential_scrubs_name_the_value_and_the_basic_form_sent(route_id, env, expected):
+    policy = parse_policy(policy_text())
+    route = next(r for r in policy.routes if r.id == route_id)
+    pairs = decide.credential_scrubs(route, env)
+    assert [real for real, _ in pairs] == expected
+    assert {placeholder for _, placeholder in pairs} == {route.placeholder.encode()}
