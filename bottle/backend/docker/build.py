@@ -7,12 +7,15 @@ needs the buildx plugin, while clients before 23.0 have BuildKit built in behind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import tempfile
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import bottle
@@ -51,6 +54,28 @@ def source_root() -> Path:
     return root
 
 
+@contextlib.contextmanager
+def build_context() -> Iterator[Path]:
+    """The source tree when bottle runs from a clone; otherwise a temporary context made
+    from the installed package and the Dockerfiles installed with it (share/bottle)."""
+    root = Path(bottle.__file__).resolve().parent.parent
+    if (root / "Dockerfile.egress-proxy").is_file():
+        yield root
+        return
+    shared = Path(sys.prefix) / "share" / "bottle"
+    if not (shared / "Dockerfile.egress-proxy").is_file():
+        source_root()  # raises with a tip
+    with tempfile.TemporaryDirectory(prefix="bottle-build-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(shared, context, dirs_exist_ok=True)
+        package = Path(bottle.__file__).resolve().parent
+        (context / "bottle").mkdir()
+        shutil.copy2(package / "__init__.py", context / "bottle" / "__init__.py")
+        shutil.copytree(package / "mitm", context / "bottle" / "mitm",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        yield context
+
+
 def buildkit_command(docker: DockerCLI) -> tuple[list[str], dict[str, str]]:
     """The build argv prefix and extra environment for a BuildKit build with this client."""
     if docker.ok(["buildx", "version"]):
@@ -76,8 +101,12 @@ def build_images(
     docker: DockerCLI | None = None,
 ) -> None:
     docker = docker or DockerCLI()
-    root = source_root()
     prefix, extra_env = buildkit_command(docker)
+    with build_context() as root:
+        _build(docker, root, prefix, extra_env, base_images, ca_cert=ca_cert, only=only, no_cache=no_cache)
+
+
+def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_cache) -> None:
     for name, (dockerfile, tag, kind, default_base) in IMAGES.items():
         if only and name != only:
             continue
