@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess

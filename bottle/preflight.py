@@ -57,7 +57,7 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
         "",
         "TLS",
         "  a new CA is made for this bottle; its private key exists only in the proxy's memory-backed /run/bottle",
-        f"  upstream trust: public roots" + (f" + {plan.egress.upstream_ca}" if plan.egress.upstream_ca else ""),
+        "  upstream trust: public roots" + (f" + {plan.egress.upstream_ca}" if plan.egress.upstream_ca else ""),
         "",
         f"Scanner  {plan.scanner.image} (mode {plan.scanner.mode}); every decrypted request is scanned; "
         "an unreachable scanner blocks",

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.certs import make_upstream_pki
-from tests.support.prereq import IN_CI, missing, pipelock_blocked
+from tests.support.prereq import missing, pipelock_blocked
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("BOTTLE_DOCKER") or shutil.which("docker") or "docker"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import AGENT_RULES, REPO, bottle_env, docker, leftovers
+from tests.integration.conftest import AGENT_RULES, bottle_env, docker, leftovers
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_pipelock]
 

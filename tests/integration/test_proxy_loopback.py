@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -16,12 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bottle.mitm.pipelock_config import render_pipelock_config
+from tests.support.certs import make_upstream_pki
 from tests.support.prereq import pipelock_binary
 
 pytestmark = pytest.mark.needs_pipelock
@@ -57,39 +52,8 @@ def wait_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
 
 
 def make_certs(tmp: Path) -> dict[str, Path]:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bottle test upstream CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"upstream_ca": tmp / "upstream-ca.pem", "cert": tmp / "leaf.pem", "key": tmp / "leaf-key.pem"}
-    paths["upstream_ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-    )
-    return paths
+    pki = make_upstream_pki(tmp / "upstream-pki", ["localhost"])
+    return {"upstream_ca": pki["ca"], "cert": pki["cert"], "key": pki["key"]}
 
 
 def make_bottle_ca(confdir: Path, tmp: Path) -> Path:

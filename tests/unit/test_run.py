@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bottle.backend.base import BottleBackend, RunningBottle
-from bottle.backend.docker import backend as docker_backend
 from bottle.backend.docker.backend import DockerBackend
 from bottle.backend.docker.plan import docker_plan
 from bottle.errors import BackendError, StartError

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan, git_document, github_document
+from bottle.plan import PROXY_PORT, BottlePlan, git_document, github_document
 
 LABEL_PREFIX = "dev.bottle"
 MANAGED_LABEL = f"{LABEL_PREFIX}.managed"

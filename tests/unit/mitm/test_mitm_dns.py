@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 
 import pytest
