@@ -386,29 +386,23 @@ def parse_manifest(text: str, path: Path) -> Manifest:
 # -- YAML with line numbers ------------------------------------------------------------
 
 
+def _yaml_error(path: Path, e: yaml.YAMLError) -> ManifestError:
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}" if mark is not None else ""
+        return ManifestError(f"{path}{where}: not valid YAML: {e.problem or e.context or 'invalid YAML'}")
+    return ManifestError(f"{path}: not valid YAML: {e}")
+
+
 def _load_yaml(text: str, path: Path) -> tuple[Any, dict[schema.Path, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = e.problem or e.context or "invalid YAML"
-        raise ManifestError(f"{path}{where}: not valid YAML: {problem}") from None
+        if node is None:
+            raise ManifestError(f"{path}: the file is empty; expected a manifest mapping (see `bottle schema`)")
+        lines: dict[schema.Path, int] = {}
+        value = _to_python(node, (), lines, yaml.SafeLoader(""), path, [MAX_NODES])
     except yaml.YAMLError as e:
-        raise ManifestError(f"{path}: not valid YAML: {e}") from None
-    if node is None:
-        raise ManifestError(f"{path}: the file is empty; expected a manifest mapping (see `bottle schema`)")
-    lines: dict[schema.Path, int] = {}
-    constructor = yaml.SafeLoader("")
-    budget = [MAX_NODES]
-    try:
-        value = _to_python(node, (), lines, constructor, path, budget)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ManifestError(f"{path}{where}: not valid YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ManifestError(f"{path}: not valid YAML: {e}") from None
+        raise _yaml_error(path, e) from None
     return value, lines
 
 
