@@ -200,3 +200,21 @@ def test_a_missing_image_is_explained_with_a_tip(tmp_path):
         "Tip: build bottle's images with `bottle build`, or set the image in the manifest"
     )
     assert "bottle-claude-abc123-agent" in removals(docker)
+
+
+def test_a_failed_start_does_not_wait_for_the_scanners_health(tmp_path):
+    import time
+
+    class NeverHealthy(FakeDocker):
+        def run(self, args, **kwargs):
+            result = super().run(args, **kwargs)
+            if args[:3] == ["inspect", "--format", "{{json .State}}"]:
+                result = subprocess.CompletedProcess(args, 0, b'{"Status": "running", "Health": {"Status": "starting"}}', b"")
+            return result
+
+    docker = NeverHealthy(fail_on="start bottle-claude-abc123-proxy")
+    started = time.monotonic()
+    with pytest.raises(BackendError):
+        run_bottle(example_dplan(), DockerBackend(docker, env={}), egress_log=tmp_path / "l.jsonl", env={})
+    assert time.monotonic() - started < 5  # not the 60 s health timeout
+    assert "bottle-claude-abc123-pipelock" in removals(docker)

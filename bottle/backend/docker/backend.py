@@ -122,23 +122,10 @@ class DockerBackend(BottleBackend):
                     workers.submit(self._make, created, "network", network.name, dp.network_create_argv(network))
             for volume in plan.volumes:
                 workers.submit(self._make, created, "volume", volume.name, dp.volume_create_argv(volume))
-        try:
-            return self._start_containers(plan, secrets, env, substitutions, created)
-        except BaseException:
-            created.stopping.set()  # lets the scanner thread stop waiting for health
-            raise
-
-    def _start_containers(
-        self,
-        plan: dp.DockerBottlePlan,
-        secrets: LaunchSecrets,
-        env: Mapping[str, str],
-        substitutions: dict[str, str],
-        created: _Created,
-    ) -> RunningBottle:
         pipelock, proxy, agent = (plan.container(role) for role in ("pipelock", "mitmproxy", "agent"))
         agent_network = plan.network("agent").name
-        with _Workers() as workers:
+        # On an error, `stopping` lets the scanner thread stop waiting for health at once.
+        with _Workers(stop=created.stopping) as workers:
             scanner_ready = workers.submit(self._start_scanner, plan, pipelock, secrets, substitutions, created)
             self._create(proxy, substitutions, created, env=env)
             for argv in dp.connect_argv(proxy):
@@ -439,7 +426,11 @@ class _Created:
 
 class _Workers:
     """A thread pool whose exit waits for every task and re-raises the first failure,
-    so nothing is still being created when teardown starts."""
+    so nothing is still being created when teardown starts. If the block fails, `stop`
+    is set before waiting, so long waits in the tasks end early."""
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self._stop = stop
 
     def __enter__(self) -> _Workers:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bottle-start")
@@ -452,6 +443,8 @@ class _Workers:
         return future
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None and self._stop is not None:
+            self._stop.set()
         self._pool.shutdown(wait=True)
         if exc is None:
             for future in self._futures:
