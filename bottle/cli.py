@@ -112,17 +112,40 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     help="Trust this CA bundle during the build only (behind a TLS-inspecting proxy). "
     "It is passed as a BuildKit secret and never stored in an image.",
 )
-@click.option("--only", type=click.Choice(["egress-proxy", "agent"]), help="Build one image only.")
+@click.option("--only", type=click.Choice(["egress-proxy", "agent", "pipelock"]), help="Build one image only.")
 @click.option("--no-cache", is_flag=True, help="Build without Docker's layer cache.")
-def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, no_cache: bool) -> None:
-    """Build bottle's images (egress proxy and agent)."""
+@click.option(
+    "--pipelock-source",
+    type=click.Path(exists=True, path_type=Path),
+    metavar="ARCHIVE_OR_DIR",
+    help="Also build the pipelock image from this source (archive checked against the pinned sha256) "
+    "with the host's Go; for hosts that cannot pull the official image.",
+)
+@click.option(
+    "--pipelock-sha256",
+    metavar="HEX",
+    help="Accept a pipelock source archive with this sha256 instead of the pinned v2.3.0 one.",
+)
+def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, no_cache: bool,
+          pipelock_source: Path | None, pipelock_sha256: str | None) -> None:
+    """Build bottle's images (egress proxy and agent; pipelock with --pipelock-source)."""
     from bottle.backend.docker.build import build_images, parse_base_images
+    from bottle.pipelock_source import PIPELOCK_SOURCE_SHA256, resolve_source
 
+    if pipelock_sha256 is not None and pipelock_source is None:
+        raise click.UsageError("--pipelock-sha256 needs --pipelock-source")
+    source = None
+    if pipelock_source is not None:
+        source = resolve_source(pipelock_source, expected_sha256=pipelock_sha256 or PIPELOCK_SOURCE_SHA256)
+        if source.sha256 is None:
+            click.echo(f"bottle: warning: building pipelock from the directory {source.path} as it is; "
+                       "only an archive can be checked against a sha256", err=True)
     build_images(
         parse_base_images(base_images),
         ca_cert=ca_cert,
         only=only,
         no_cache=no_cache,
+        pipelock_source=source,
     )
 
 

@@ -43,3 +43,9 @@ class NotSupportedError(BottleError):
     """The request is valid but this version of bottle cannot do it yet."""
 
     exit_code = 6
+
+
+class BuildError(BottleError):
+    """An image or a component cannot be built (e.g. unverified source, a failed compile)."""
+
+    exit_code = 7

@@ -2,10 +2,7 @@
 real HTTPS upstream container standing in for api.anthropic.com / github.com on a test
 network that the bottle's egress proxy joins (`docker.egress_network`).
 
-Missing prerequisites fail under CI=true. The one exception is pipelock itself when
-scripts/test proved it cannot be obtained here (the registry and the Go module proxy
-both refused it): then the tests that need it are reported as BLOCKED, loudly, with the
-exact refusal (see README, "pipelock in CI").
+Missing prerequisites (pipelock included) fail under CI=true and skip elsewhere.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.certs import make_upstream_pki
-from tests.support.prereq import missing, pipelock_blocked
+from tests.support.prereq import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = os.environ.get("BOTTLE_DOCKER") or shutil.which("docker") or "docker"
@@ -56,8 +53,8 @@ def pipelock_image(engine) -> str:
     image = os.environ.get("BOTTLE_TEST_PIPELOCK_IMAGE")
     if image and docker("image", "inspect", image, check=False).returncode == 0:
         return image
-    pipelock_blocked()
-    missing("no pipelock image: set BOTTLE_TEST_PIPELOCK_IMAGE (scripts/test provisions one)")
+    missing("no pipelock image: run scripts/test (it pulls pipelock or builds it from source), "
+            "or set BOTTLE_TEST_PIPELOCK_IMAGE to a local pipelock 2.3.0 image")
     raise AssertionError("unreachable")
 
 

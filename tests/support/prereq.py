@@ -1,5 +1,5 @@
-"""How tests treat missing prerequisites: fail under CI=true, skip locally, and report
-pipelock as BLOCKED when scripts/test proved the registries refuse it."""
+"""How tests treat missing prerequisites: fail under CI=true, skip locally with how to
+provide them."""
 
 from __future__ import annotations
 
@@ -18,16 +18,10 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def pipelock_blocked() -> None:
-    blocked = os.environ.get("BOTTLE_TEST_PIPELOCK_BLOCKED")
-    if blocked:
-        pytest.skip(f"BLOCKED (outside our reach): {blocked}")
-
-
 def pipelock_binary() -> str:
     found = os.environ.get("BOTTLE_PIPELOCK_BIN") or shutil.which("pipelock")
     if found and Path(found).exists():
         return found
-    pipelock_blocked()
-    missing("pipelock binary not found (set BOTTLE_PIPELOCK_BIN or put pipelock on PATH)")
+    missing("pipelock binary not found: run scripts/test (it pulls pipelock or builds it from "
+            "../shared/third_party or $BOTTLE_PIPELOCK_SOURCE), or set BOTTLE_PIPELOCK_BIN")
     raise AssertionError("unreachable")

@@ -21,7 +21,14 @@ from pathlib import Path
 import bottle
 from bottle.backend.docker.cli import DockerCLI
 from bottle.errors import BackendError, BottleError
-from bottle.manifest import DEFAULT_AGENT_IMAGE
+from bottle.manifest import DEFAULT_AGENT_IMAGE, DEFAULT_PIPELOCK_IMAGE
+from bottle.pipelock_source import (
+    PIPELOCK_COMMIT,
+    PIPELOCK_VERSION,
+    PipelockSource,
+    build_binary,
+    default_cache_dir,
+)
 from bottle.plan import PROXY_IMAGE
 
 # image name -> (Dockerfile, tag, base-image kind, real upstream base)
@@ -29,6 +36,10 @@ IMAGES = {
     "egress-proxy": ("Dockerfile.egress-proxy", PROXY_IMAGE, "python", "python:3.13-slim"),
     "agent": ("Dockerfile.agent", DEFAULT_AGENT_IMAGE, "node", "node:22-bookworm-slim"),
 }
+# Built only from a verified source (--pipelock-source), under the pinned official name so
+# that manifests using the default scanner image work on a host that cannot pull it.
+PIPELOCK_IMAGE = DEFAULT_PIPELOCK_IMAGE
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def parse_base_images(values: Sequence[str]) -> dict[str, str]:
@@ -99,11 +110,39 @@ def build_images(
     only: str | None = None,
     no_cache: bool = False,
     docker: DockerCLI | None = None,
+    pipelock_source: PipelockSource | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> None:
+    env = os.environ if env is None else env
+    if only == "pipelock" and pipelock_source is None:
+        raise BottleError(
+            "--only pipelock builds pipelock from source and needs --pipelock-source ARCHIVE_OR_DIR",
+            tip=f"where the registry answers, `docker pull {PIPELOCK_IMAGE}` is all you need",
+        )
     docker = docker or DockerCLI()
     prefix, extra_env = buildkit_command(docker)
     with build_context() as root:
         _build(docker, root, prefix, extra_env, base_images, ca_cert=ca_cert, only=only, no_cache=no_cache)
+        if pipelock_source is not None and only in (None, "pipelock"):
+            binary = build_binary(pipelock_source, cache_dir=default_cache_dir(env), env=env)
+            _build_pipelock(docker, root, prefix, extra_env, binary, pipelock_source, no_cache=no_cache)
+
+
+def _build_pipelock(docker, root, prefix, extra_env, binary: Path, source: PipelockSource, *, no_cache) -> None:
+    with tempfile.TemporaryDirectory(prefix="bottle-pipelock-image-") as tmp:
+        context = Path(tmp)
+        shutil.copy2(binary, context / "pipelock")
+        bundle = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
+        (context / "ca-certificates.crt").write_bytes(bundle)
+        # OCI annotations (not bottle's own dev.bottle.* labels, which containers inherit).
+        origin = f"source archive sha256 {source.sha256}" if source.sha256 else f"unverified directory {source.path}"
+        argv = [*prefix, "--progress=plain", "--file", str(root / "Dockerfile.pipelock"), "--tag", PIPELOCK_IMAGE,
+                "--label", f"org.opencontainers.image.version={PIPELOCK_VERSION}",
+                "--label", f"org.opencontainers.image.revision={PIPELOCK_COMMIT}",
+                "--label", f"org.opencontainers.image.description=pipelock built by bottle build from {origin}"]
+        if no_cache:
+            argv.append("--no-cache")
+        _run_build(docker, [*argv, str(context)], extra_env, PIPELOCK_IMAGE, "Dockerfile.pipelock", "scratch")
 
 
 def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_cache) -> None:
@@ -117,13 +156,16 @@ def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_ca
         if no_cache:
             argv.append("--no-cache")
         argv.append(str(root))
-        print(f"bottle: building {tag} from {dockerfile} (base {base_images.get(kind, default_base)})",
-              file=sys.stderr)
-        full = docker.argv(argv)
-        result = subprocess.run(full, env={**os.environ, **extra_env}, stdin=subprocess.DEVNULL, check=False)
-        if result.returncode != 0:
-            raise BackendError(
-                f"building {tag} failed (exit code {result.returncode}): `{shlex.join(full)}`",
-                tip="behind a TLS-inspecting proxy, pass --ca-cert with its CA bundle",
-            )
-        print(f"bottle: built {tag}", file=sys.stderr)
+        _run_build(docker, argv, extra_env, tag, dockerfile, base_images.get(kind, default_base))
+
+
+def _run_build(docker, argv: list[str], extra_env, tag: str, dockerfile: str, base: str) -> None:
+    print(f"bottle: building {tag} from {dockerfile} (base {base})", file=sys.stderr)
+    full = docker.argv(argv)
+    result = subprocess.run(full, env={**os.environ, **extra_env}, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise BackendError(
+            f"building {tag} failed (exit code {result.returncode}): `{shlex.join(full)}`",
+            tip="behind a TLS-inspecting proxy, pass --ca-cert with its CA bundle",
+        )
+    print(f"bottle: built {tag}", file=sys.stderr)
