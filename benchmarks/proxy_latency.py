@@ -5,7 +5,7 @@ Three paths to the same stdlib HTTPS test upstream (tests/upstream/server.py) on
 
   direct    client -> upstream
   mitmdump  client -> bare `mitmdump` (regular mode, no addon) -> upstream
-  bottle    client -> bottle's launcher (mitmproxy + BottleEgress) -> upstream,
+  bottle    client -> bottle's launcher (mitmproxy + bottle's addons) -> upstream,
             asking the real pipelock (POST /api/v1/scan) about every request
 
 For each path: N sequential keep-alive HTTPS GETs and N POSTs with a ~2 KB JSON body

@@ -104,7 +104,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     "base_images",
     multiple=True,
     metavar="KIND=IMAGE",
-    help="Override a base image: python=IMAGE (egress proxy) or node=IMAGE (agent). Repeatable.",
+    help="Override a base image: python=IMAGE (proxy) or node=IMAGE (agent). Repeatable.",
 )
 @click.option(
     "--ca-cert",
@@ -112,7 +112,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     help="Trust this CA bundle during the build only (behind a TLS-inspecting proxy). "
     "It is passed as a BuildKit secret and never stored in an image.",
 )
-@click.option("--only", type=click.Choice(["egress-proxy", "agent", "pipelock"]), help="Build one image only.")
+@click.option("--only", type=click.Choice(["proxy", "agent", "pipelock"]), help="Build one image only.")
 @click.option("--no-cache", is_flag=True, help="Build without Docker's layer cache.")
 @click.option(
     "--pipelock-source",
@@ -128,7 +128,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 )
 def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, no_cache: bool,
           pipelock_source: Path | None, pipelock_sha256: str | None) -> None:
-    """Build bottle's images (egress proxy and agent; pipelock with --pipelock-source)."""
+    """Build bottle's images (proxy and agent; pipelock with --pipelock-source)."""
     from bottle.backend.docker.build import build_images, parse_base_images
     from bottle.pipelock_source import PIPELOCK_SOURCE_SHA256, resolve_source
 

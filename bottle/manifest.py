@@ -11,9 +11,7 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ import yaml
 
 from bottle import schema
 from bottle.errors import ManifestError
+from bottle.mitm import policy as contract
+from bottle.mitm.policy import ENV_NAME_PATTERN, HTTP_METHODS, host_matches, is_ip_literal
 from bottle.schema import Bool, Field, Int, ListOf, MapOf, Num, Obj, OneOf, Problem, Str
 
 MANIFEST_VERSION = 1
@@ -31,10 +31,7 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_NODES = 20_000
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-HOST_PATTERN = rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?"
-ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+HOST_PATTERN = rf"{contract.HOST_PATTERN}\.?"  # a trailing dot is normalized away
 # Names bottle sets in the agent itself; a manifest may not override them.
 RESERVED_AGENT_ENV = frozenset(
     {
@@ -62,7 +59,7 @@ def _methods() -> ListOf:
 
 def _paths() -> ListOf:
     return ListOf(
-        Str(pattern=r"/[^\s?#]*", expected="a path prefix starting with /", max_length=1024),
+        Str(pattern=contract.PATH_PATTERN, expected="a path prefix starting with /", max_length=1024),
         min_items=1,
         unique=True,
         description="URL path prefixes this applies to (`/v1/` matches `/v1/messages`); omit for every path.",
@@ -111,7 +108,7 @@ AUTH = Obj(
     "the manifest, the plan, the agent or a log.",
     fields={
         "scheme": Field(
-            Str(choices=("bearer", "token", "basic", "header"),
+            Str(choices=contract.SCHEMES,
                 description="bearer: `Authorization: Bearer <v>`; token: `Authorization: token <v>`; "
                 "basic: `Authorization: Basic base64(username:v)`; header: `<header>: <v>`."),
             required=True,
@@ -122,11 +119,11 @@ AUTH = Obj(
             required=True,
         ),
         "header": Field(
-            Str(pattern=r"[A-Za-z0-9-]{1,64}", expected="an HTTP header name such as x-api-key",
+            Str(pattern=contract.HEADER_NAME_PATTERN, expected="an HTTP header name such as x-api-key",
                 normalize=str.lower, description="Header name, for scheme `header` only."),
         ),
         "username": Field(
-            Str(pattern=r"[^:\s]{1,128}", expected="a user name without ':' or spaces",
+            Str(pattern=contract.USERNAME_PATTERN, expected="a user name without ':' or spaces",
                 description="User name for scheme `basic` (e.g. x-access-token for GitHub)."),
         ),
     },
@@ -145,7 +142,7 @@ ROUTE = Obj(
 _ANY_CASE_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 REPO_PATTERN = rf"{_ANY_CASE_LABEL}(?:\.{_ANY_CASE_LABEL})+(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+){{2,}}"
 BRANCH_GLOB = Str(
-    pattern=r"[^\s\0~^:?\[\\]+", expected="a branch name or glob such as main or sandbox/*", max_length=255,
+    pattern=contract.BRANCH_GLOB_PATTERN, expected="a branch name or glob such as main or sandbox/*", max_length=255,
     description="A branch name (`main`) or glob (`sandbox/*`, `*` also crosses `/`); names starting "
     "with refs/ match full ref names (`refs/tags/*`).",
 )
@@ -172,7 +169,7 @@ GIT = Obj(
                         required=True,
                     ),
                     "access": Field(
-                        Str(choices=("read", "push"),
+                        Str(choices=contract.GIT_ACCESS,
                             description="read: clone and fetch. push: also push (subject to the branch rules)."),
                         required=True,
                     ),
@@ -202,9 +199,9 @@ GITHUB_DENY = Obj(
     description="A GitHub API operation to refuse: REST `method` + `path`, or a GraphQL mutation field.",
     fields={
         "method": Field(Str(choices=HTTP_METHODS, description="HTTP method; omit for every method.")),
-        "path": Field(Str(pattern=r"/[^\s?#]*", expected="a path pattern starting with /", max_length=1024,
+        "path": Field(Str(pattern=contract.PATH_PATTERN, expected="a path pattern starting with /", max_length=1024,
                           description="REST path; `*` is one segment, `**` one or more.")),
-        "graphql": Field(Str(pattern=r"[_A-Za-z][_0-9A-Za-z]*", expected="a GraphQL field name such as deleteIssue",
+        "graphql": Field(Str(pattern=contract.GRAPHQL_NAME_PATTERN, expected="a GraphQL field name such as deleteIssue",
                              max_length=128, description="Top-level mutation field name.")),
         "reason": Field(Str(pattern=r"[^\n\0]+", expected="a one-line reason", max_length=200,
                             description="Shown to the agent when refused."), required=True),
@@ -280,7 +277,7 @@ MANIFEST_SCHEMA = Obj(
                 description="What may leave the bottle.",
                 fields={
                     "mode": Field(
-                        Str(choices=("enforce", "discover"),
+                        Str(choices=contract.MODES,
                             description="enforce: block what the rules do not allow. discover: log what "
                             "would be blocked and let it through (secret scanning still blocks)."),
                         default="enforce",
@@ -300,7 +297,7 @@ MANIFEST_SCHEMA = Obj(
                 fields={
                     "image": Field(Str(pattern=r"[^\s]+", expected="an image reference",
                                        description="pipelock image (pinned)."), default=DEFAULT_PIPELOCK_IMAGE),
-                    "mode": Field(Str(choices=("block", "audit"),
+                    "mode": Field(Str(choices=contract.SCANNER_MODES,
                                       description="block: a finding blocks the request. audit: findings are "
                                       "logged as would_block. An unreachable scanner blocks in both modes."),
                                   default="block"),
@@ -470,28 +467,11 @@ def _format_problems(path: Path, problems: list[Problem], lines: Mapping[schema.
 # -- Rules the schema cannot express ------------------------------------------------------
 
 
-def host_matches(pattern: str, host: str) -> bool:
-    """`*.example.com` matches any subdomain of example.com, never example.com itself."""
-    host = host.lower().rstrip(".")
-    pattern = pattern.lower().rstrip(".")
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:])
-    return host == pattern
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return bool(re.fullmatch(r"[0-9.]+", host))
-    return True
-
-
 def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
     problems: list[Problem] = []
     egress = data["egress"]
     for i, rule in enumerate(egress["allow"]):
-        if _is_ip_literal(rule["host"]):
+        if is_ip_literal(rule["host"].removeprefix("*.")):
             problems.append(Problem(("egress", "allow", i, "host"), "a DNS name (IP addresses are always refused)",
                                     f"string {rule['host']!r}"))
     for i, route in enumerate(egress["routes"]):
@@ -505,8 +485,7 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
         if auth["scheme"] != "basic" and "username" in auth:
             problems.append(Problem((*at, "auth", "username"), "no username (it is only used with scheme basic)",
                                     f"string {auth['username']!r}"))
-        if auth["scheme"] == "header" and auth.get("header") in ("host", "content-length", "transfer-encoding",
-                                                                "connection", "te", "upgrade"):
+        if auth["scheme"] == "header" and auth.get("header") in contract.RESERVED_HEADERS:
             problems.append(Problem((*at, "auth", "header"), "a credential header name",
                                     f"string {auth['header']!r}"))
         if not _route_is_allowed(route, egress["allow"]):

@@ -17,39 +17,11 @@ from typing import Any
 
 from bottle import __version__
 from bottle.manifest import Manifest
+from bottle.mitm.policy import AllowRule, GithubDeny, GitPolicy, GitRepository, Route
 
-PLAN_SCHEMA_VERSION = 1
-PROXY_IMAGE = f"bottle/egress-proxy:{__version__}"
+PROXY_IMAGE = f"bottle/proxy:{__version__}"
 PROXY_PORT = 8080
 SCANNER_PORT = 9090
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AllowRule:
-    """One allowed destination (`egress.allow[i]`)."""
-
-    id: str
-    host: str
-    methods: tuple[str, ...] | None
-    paths: tuple[str, ...] | None
-    ports: tuple[int, ...]
-    private_upstream: bool
-    scan_body: bool
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class CredentialRoute:
-    """Where the proxy injects a real credential (`egress.routes[i]`)."""
-
-    id: str
-    host: str
-    methods: tuple[str, ...] | None
-    paths: tuple[str, ...] | None
-    scheme: str
-    header: str | None
-    username: str | None
-    token_ref: str
-    token_present: bool
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,10 +44,14 @@ class AgentSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EgressSpec:
+    """`egress`: the allow rules and credential routes are the policy contract's own types.
+    `present_token_refs` records which credentials the environment holds (never a value)."""
+
     mode: str
-    rules: tuple[AllowRule, ...]
-    routes: tuple[CredentialRoute, ...]
+    allow: tuple[AllowRule, ...]
+    routes: tuple[Route, ...]
     upstream_ca: str | None
+    present_token_refs: frozenset[str] = frozenset()
 
     @property
     def token_refs(self) -> tuple[str, ...]:
@@ -94,38 +70,6 @@ class DockerOptions:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GitRepository:
-    """A repository the agent may use (`git.repositories[i]`); path is owner/repo, lower case."""
-
-    id: str
-    host: str
-    path: str
-    access: str
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GitSpec:
-    """Git smart-HTTP policy (`git`); always enforced, even in discover mode."""
-
-    repositories: tuple[GitRepository, ...]
-    protected_branches: tuple[str, ...]
-    push_branches: tuple[str, ...] | None
-    allow_force_push: bool
-    allow_branch_deletion: bool
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GithubDeny:
-    """A GitHub API refusal added to the defaults (`github.deny[i]`)."""
-
-    id: str
-    method: str | None
-    path: str | None
-    graphql: str | None
-    reason: str
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class BottlePlan:
     """Everything one bottle is, before any backend turns it into resources."""
 
@@ -137,31 +81,12 @@ class BottlePlan:
     scanner: ScannerSpec
     proxy_image: str
     docker: DockerOptions
-    git: GitSpec | None = None
+    git: GitPolicy | None = None
     github_deny: tuple[GithubDeny, ...] = ()
 
     @property
     def missing_credentials(self) -> tuple[str, ...]:
-        present = {r.token_ref for r in self.egress.routes if r.token_present}
-        return tuple(ref for ref in self.egress.token_refs if ref not in present)
-
-
-def git_document(plan: BottlePlan) -> dict[str, Any] | None:
-    """The `git` section as plain data, for the policy file and the dry-run."""
-    git = plan.git
-    if git is None:
-        return None
-    return {
-        "repositories": [dataclasses.asdict(r) for r in git.repositories],
-        "protected_branches": list(git.protected_branches),
-        "push_branches": list(git.push_branches) if git.push_branches is not None else None,
-        "allow_force_push": git.allow_force_push,
-        "allow_branch_deletion": git.allow_branch_deletion,
-    }
-
-
-def github_document(plan: BottlePlan) -> dict[str, Any] | None:
-    return {"deny": [dataclasses.asdict(d) for d in plan.github_deny]} if plan.github_deny else None
+        return tuple(ref for ref in self.egress.token_refs if ref not in self.egress.present_token_refs)
 
 
 def new_run_id() -> str:
@@ -202,7 +127,7 @@ def build_plan(
         ),
         egress=EgressSpec(
             mode=egress["mode"],
-            rules=tuple(
+            allow=tuple(
                 AllowRule(
                     id=f"egress.allow[{i}]",
                     host=rule["host"],
@@ -215,7 +140,7 @@ def build_plan(
                 for i, rule in enumerate(egress["allow"])
             ),
             routes=tuple(
-                CredentialRoute(
+                Route(
                     id=f"egress.routes[{i}]",
                     host=route["host"],
                     methods=_optional_tuple(route.get("methods")),
@@ -224,16 +149,18 @@ def build_plan(
                     header=route["auth"].get("header"),
                     username=route["auth"].get("username"),
                     token_ref=route["auth"]["token_ref"],
-                    token_present=bool(env.get(route["auth"]["token_ref"])),
                 )
                 for i, route in enumerate(egress["routes"])
             ),
             upstream_ca=upstream_ca,
+            present_token_refs=frozenset(
+                r["auth"]["token_ref"] for r in egress["routes"] if env.get(r["auth"]["token_ref"])
+            ),
         ),
         scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"]),
         proxy_image=proxy_image,
         docker=DockerOptions(egress_network=data["docker"].get("egress_network")),
-        git=_git_spec(data["git"]) if "git" in data else None,
+        git=_git_policy(data["git"]) if "git" in data else None,
         github_deny=tuple(
             GithubDeny(id=f"github.deny[{i}]", method=d.get("method"), path=d.get("path"),
                        graphql=d.get("graphql"), reason=d["reason"])
@@ -242,8 +169,8 @@ def build_plan(
     )
 
 
-def _git_spec(git: Mapping[str, Any]) -> GitSpec:
-    return GitSpec(
+def _git_policy(git: Mapping[str, Any]) -> GitPolicy:
+    return GitPolicy(
         repositories=tuple(
             GitRepository(id=f"git.repositories[{i}]", host=repo["repo"].split("/", 1)[0],
                           path=repo["repo"].split("/", 1)[1], access=repo["access"])

@@ -30,9 +30,9 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
         + ("anything not allowed below is blocked)" if plan.egress.mode == "enforce"
            else "nothing is blocked by these rules, what they would block is logged; secrets are still blocked)"),
     ]
-    if not plan.egress.rules:
+    if not plan.egress.allow:
         lines.append("  (no allow rules: every request is refused)")
-    for rule in plan.egress.rules:
+    for rule in plan.egress.allow:
         extras = []
         if rule.private_upstream:
             extras.append("private upstream addresses allowed")
@@ -47,8 +47,8 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
     if not plan.egress.routes:
         lines.append("  (none)")
     for route in plan.egress.routes:
-        header = route.header if route.scheme == "header" else "authorization"
-        state = "present" if route.token_present else "NOT SET in the environment"
+        header = route.header_name
+        state = "present" if route.token_ref in plan.egress.present_token_refs else "NOT SET in the environment"
         lines.append(
             f"  {route.id:<16} {route.host}  {header} ({route.scheme}) from ${route.token_ref} [{state}]"
             f"  methods {_list(route.methods, 'any')}; paths {_list(route.paths, 'any')}"

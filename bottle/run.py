@@ -10,24 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from bottle.backend.base import BottleBackend, LaunchSecrets
-from bottle.mitm.ca import generate_ca
+from bottle.backend.base import BottleBackend
+from bottle.launch.secrets import make_secrets
 from bottle.signals import Terminated, signals_ignored, signals_raise
-
-
-def make_secrets(bottle_id: str, token_refs: tuple[str, ...]) -> LaunchSecrets:
-    return LaunchSecrets(
-        ca=generate_ca(bottle_id),
-        scanner_token=secrets.token_urlsafe(32),
-        placeholders={
-            ref: f"bottle-placeholder-{ref.lower().replace('_', '-')}-{secrets.token_hex(12)}" for ref in token_refs
-        },
-    )
 
 
 def default_log_path(bottle_id: str, env: Mapping[str, str]) -> Path:

@@ -25,7 +25,9 @@ def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A SIGHUP ignored by whoever started bottle (nohup) stays ignored, as Unix tools do.
+    sigs = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN else [signal.SIGHUP])
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in sigs}
     try:
         yield
     finally:

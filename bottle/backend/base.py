@@ -9,20 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bottle.mitm.ca import BottleCA
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class LaunchSecrets:
-    """Made fresh for every launch and never printed: the CA (with its private key), the
-    scanner's bearer token and the agent's placeholders (by token_ref)."""
-
-    ca: BottleCA
-    scanner_token: str
-    placeholders: Mapping[str, str]
-
-    def __repr__(self) -> str:
-        return f"LaunchSecrets(ca={self.ca!r})"
+from bottle.launch.secrets import LaunchSecrets
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -12,9 +12,9 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
-from bottle.mitm.policy import GithubDeny
+from bottle.mitm.policy import GithubDeny, clean_path
 
 HOST = "api.github.com"
 _ANY = ("PUT", "POST", "DELETE", "PATCH")
@@ -29,8 +29,8 @@ class Refusal:
 def _d(name: str, reason: str, *, methods: tuple[str, ...] = (), path: str | None = None,
        graphql: tuple[str, ...] = ()) -> list[GithubDeny]:
     rule_id = f"github.deny.default.{name}"
-    out = [GithubDeny(rule_id, m, path, None, reason) for m in methods]
-    out += [GithubDeny(rule_id, None, None, g, reason) for g in graphql]
+    out = [GithubDeny(id=rule_id, method=m, path=path, graphql=None, reason=reason) for m in methods]
+    out += [GithubDeny(id=rule_id, method=None, path=None, graphql=g, reason=reason) for g in graphql]
     return out
 
 
@@ -62,20 +62,18 @@ def path_glob_matches(pattern: str, path: str) -> bool:
     return re.fullmatch("/" + "/".join(regex), path, re.IGNORECASE) is not None
 
 
-def _clean_path(path: str) -> str | None:
-    raw = unquote(path.split("?", 1)[0].split("#", 1)[0])
-    segments = [s for s in raw.split("/") if s]
-    if any(s in (".", "..") for s in segments) or "\\" in raw:
-        return None
-    return "/" + "/".join(segments)
+def _api_path(path: str) -> str | None:
+    """The API path GitHub routes on: cleaned, and without a trailing slash."""
+    clean = clean_path(path)
+    return None if clean is None else (clean.rstrip("/") or "/")
 
 
 def is_graphql(method: str, path: str) -> bool:
-    return _clean_path(path) == "/graphql" and method.upper() in ("GET", "POST")
+    return _api_path(path) == "/graphql" and method.upper() in ("GET", "POST")
 
 
 def check_rest(deny: Iterable[GithubDeny], method: str, path: str) -> Refusal | None:
-    clean = _clean_path(path)
+    clean = _api_path(path)
     if clean is None:
         return Refusal("github.deny", "a GitHub API path with dot segments is not allowed")
     for rule in deny:

@@ -1,4 +1,4 @@
-"""Run mitmproxy with the BottleEgress addon loaded in-process.
+"""Run mitmproxy with bottle's addons (bottle.mitm.addons) loaded in-process.
 
     python -m bottle.mitm.launcher --policy PATH --confdir DIR [--wait-for-files SECONDS]
 
@@ -20,61 +20,16 @@ import datetime  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bottle.mitm import decide  # noqa: E402
 from bottle.mitm.policy import Policy, PolicyError, parse_policy  # noqa: E402
+from bottle.mitm.state import Runtime  # noqa: E402
+from bottle.mitm.upstream import GuardedEventLoop  # noqa: E402
 
 SCANNER_PROBE_SECONDS = 30.0
-
-
-class UpstreamRefused(OSError):
-    pass
-
-
-def filter_addresses(policy: Policy, host: str, port: Any, infos: list) -> list:
-    """Keep only the resolved addresses bottle may connect to for this host."""
-    if (decide.normalize_host(host), _port(port)) == decide.scanner_target(policy):
-        return infos
-    allowance = decide.upstream_allowance(policy, host, _port(port))
-    if allowance is None:
-        raise UpstreamRefused(f"bottle: {host} is not an allowed upstream")
-    kept = [info for info in infos if decide.is_permitted_upstream_ip(str(info[4][0]), allowance)]
-    if not kept:
-        shown = ", ".join(sorted({str(i[4][0]) for i in infos}))
-        raise UpstreamRefused(f"bottle: {host} resolves only to refused addresses ({shown})")
-    return kept
-
-
-def _port(port: Any) -> int | None:
-    try:
-        return int(port)
-    except (TypeError, ValueError):
-        return None
-
-
-class GuardedEventLoop(asyncio.SelectorEventLoop):
-    """Filters every outgoing name resolution through the policy.
-
-    mitmproxy connects with asyncio.open_connection, which resolves through
-    loop.getaddrinfo: filtering here pins the checked addresses without a DNS
-    rebinding window and keeps mitmproxy's upstream connection reuse.
-    """
-
-    policy: Policy | None = None
-
-    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
-        infos = await super().getaddrinfo(host, port, family=family, type=type, proto=proto, flags=flags)
-        if flags & socket.AI_PASSIVE or host is None:  # binding our own listeners
-            return infos
-        if self.policy is None:
-            raise UpstreamRefused(f"bottle: no policy loaded yet, refusing to resolve {host!r}")
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        return filter_addresses(self.policy, name, port, infos)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -144,7 +99,7 @@ class Launcher:
         self.trust_path = confdir / "bottle-upstream-trust.pem"
         self.policy: Policy | None = None
         self.sha256: str | None = None
-        self.addon: Any = None
+        self.runtime = Runtime()
         self.master: Any = None
         self.dns: Any = None
         self.served = False
@@ -158,7 +113,7 @@ class Launcher:
         from mitmproxy import options
         from mitmproxy.tools.dump import DumpMaster
 
-        from bottle.mitm.addon import BottleEgress
+        from bottle.mitm.addons import make_addons
         from bottle.mitm.scanner import probe_scanner
 
         loop = asyncio.get_running_loop()
@@ -167,16 +122,16 @@ class Launcher:
             write_trust_bundle(self.policy, self.trust_path)
         except (OSError, PolicyError) as e:
             return self._fail(f"cannot load policy {self.policy_path}: {e}")
+        self.runtime.replace(self.policy, self._scanner_for(self.policy))
         if isinstance(loop, GuardedEventLoop):
-            loop.policy = self.policy
-        self.addon = BottleEgress(self.policy, self._scanner_for(self.policy))
+            loop.runtime = self.runtime
 
         opts = options.Options()
         self.master = DumpMaster(opts, with_termlog=True, with_dumper=False)
         # stdout carries only JSON log lines; mitmproxy's own messages are diagnostics.
         if self.master._termlog_addon is not None:
             self.master._termlog_addon.logger.file = sys.stderr
-        self.master.addons.add(self.addon, _StatusOnRunning(self))
+        self.master.addons.add(*make_addons(self.runtime), _StatusOnRunning(self))
         listen = self.policy.listen
         opts.update(
             mode=[f"regular@{listen.host}:{listen.port}"],
@@ -238,13 +193,10 @@ class Launcher:
             log_event(event="policy_reload", decision="block", reason=message, policy_sha256=self.sha256)
             write_status(self.status_path, "error", self.sha256, message)
             return
-        scanner = self.addon.scanner
+        scanner = self.runtime.scanner
         if policy.scanner != self.policy.scanner:
             scanner = self._scanner_for(policy)
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, GuardedEventLoop):
-            loop.policy = policy
-        self.addon.set_policy(policy, scanner)
+        self.runtime.replace(policy, scanner)
         self.policy, self.sha256 = policy, sha
         log_event(event="policy_reload", decision="allow", reason="policy reloaded", policy_sha256=sha)
         write_status(self.status_path, "serving", sha, None)
@@ -279,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # delivering the policy and CA, not after.
     import mitmproxy.tools.dump  # noqa: F401
 
-    import bottle.mitm.addon  # noqa: F401
+    import bottle.mitm.addons  # noqa: F401
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:

@@ -1,41 +1,124 @@
-"""The proxy policy file (version 1): the host renders it, the proxy reads it.
+"""The policy contract between the host and the egress proxy, defined once.
 
-Stdlib only: this module runs on the host and inside the proxy image.
+The host builds a `Policy` from its plan and writes it with `Policy.to_json()`; the proxy
+reads it back with `parse_policy()`, which validates strictly because the file crosses a
+trust boundary. Both sides use the same types, the same patterns and the same matchers
+(`host_matches`, `is_ip_literal`, `clean_path`), so what the manifest accepts, what the
+dry-run shows and what the proxy enforces cannot drift apart.
+
+Standard library only: this module runs inside the proxy image, and the host imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+POLICY_VERSION = 2
 MODES = ("enforce", "discover")
 SCANNER_MODES = ("block", "audit")
 SCHEMES = ("bearer", "token", "basic", "header")
+GIT_ACCESS = ("read", "push")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+MIN_PLACEHOLDER_LENGTH = 16
 
-_HOST_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_HOST_RE = re.compile(rf"^(\*\.)?{_HOST_LABEL}(\.{_HOST_LABEL})*$")
-_METHOD_RE = re.compile(r"^[A-Z][A-Z0-9_-]*$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Patterns (full-match; the manifest schema and the policy parser both use these).
+HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+HOST_PATTERN = rf"(?:\*\.)?{HOST_LABEL}(?:\.{HOST_LABEL})*"
+PATH_PATTERN = r"/[^\s?#]*"
+ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+HEADER_NAME_PATTERN = r"[A-Za-z0-9-]{1,64}"
+USERNAME_PATTERN = r"[^:\s]{1,128}"
+BRANCH_GLOB_PATTERN = r"[^\s\0~^:?\[\\]+"
+REPO_PATH_PATTERN = r"[a-z0-9_.-]+(?:/[a-z0-9_.-]+)+"
+GRAPHQL_NAME_PATTERN = r"[_A-Za-z][_0-9A-Za-z]*"
+# Header names a credential route may never set: they frame or route the request.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade"})
 
 
 class PolicyError(ValueError):
-    """The policy file is not a valid version 1 policy."""
+    """The policy file is not a valid policy of this version."""
 
 
-@dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
+# -- matchers ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Allows requests to `host` (exact, or `*.suffix` for any subdomain depth)."""
+def normalize_host(host: str) -> str:
+    """Lower case, no trailing dot, no IPv6 brackets."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+def split_authority(authority: str) -> str:
+    """The normalized host part of `host[:port]` or `[v6][:port]`."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        return normalize_host(authority[: authority.find("]") + 1] if "]" in authority else authority)
+    if authority.count(":") == 1:
+        authority = authority.rsplit(":", 1)[0]
+    return normalize_host(authority)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Exact match, or `*.suffix`: any depth of subdomain of suffix, never the apex."""
+    host = normalize_host(host)
+    pattern = normalize_host(pattern)
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+_INET_ATON_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+
+
+def is_ip_literal(host: str) -> bool:
+    """An IPv4/IPv6 address in any form a resolver accepts (`127.1` and `0x7f.1` included)."""
+    host = normalize_host(host).split("%", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        return bool(host) and len(labels) <= 4 and all(_INET_ATON_LABEL.fullmatch(label) for label in labels)
+    return True
+
+
+def clean_path(path: str) -> str | None:
+    """The path a server acts on: no query or fragment, percent-decoded, empty segments
+    collapsed. None when it has dot segments or backslashes (they could escape a prefix)."""
+    raw = unquote(path.split("?", 1)[0].split("#", 1)[0])
+    segments = raw.split("/")
+    if any(s in (".", "..") for s in segments) or "\\" in raw:
+        return None
+    clean = "/" + "/".join(s for s in segments if s)
+    return clean + "/" if raw.endswith("/") and clean != "/" else clean
+
+
+def path_matches(prefixes: tuple[str, ...] | None, path: str) -> bool:
+    """None matches every path; else the cleaned path must start with one of the prefixes."""
+    if prefixes is None:
+        return True
+    clean = clean_path(path)
+    return clean is not None and any(clean.startswith(p) for p in prefixes)
+
+
+def method_matches(methods: tuple[str, ...] | None, method: str) -> bool:
+    return methods is None or method.upper() in methods
+
+
+# -- the contract's types ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AllowRule:
+    """One allowed destination (`egress.allow[i]`): exact host or `*.suffix` (any depth)."""
 
     id: str
     host: str
@@ -46,9 +129,9 @@ class Rule:
     scan_body: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Route:
-    """Injects the credential in env var `token_ref` on matching requests."""
+    """Where the proxy injects the real credential named by `token_ref` (`egress.routes[i]`)."""
 
     id: str
     host: str
@@ -58,27 +141,16 @@ class Route:
     header: str | None
     username: str | None
     token_ref: str
-    placeholder: str
+
+    @property
+    def header_name(self) -> str:
+        """The header that carries the credential on this route."""
+        return self.header if self.scheme == "header" and self.header else "authorization"
 
 
-@dataclass(frozen=True)
-class Scanner:
-    url: str
-    token: str
-    mode: str
-    timeout_seconds: float
-    max_body_bytes: int
-
-
-@dataclass(frozen=True)
-class Dns:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GitRepository:
-    """One repository the agent may use over smart HTTP (`git.repositories[i]`)."""
+    """A repository the agent may use over smart HTTP (`git.repositories[i]`)."""
 
     id: str
     host: str
@@ -86,8 +158,10 @@ class GitRepository:
     access: str  # read | push
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GitPolicy:
+    """Git smart-HTTP policy (`git`); always enforced, even in discover mode."""
+
     repositories: tuple[GitRepository, ...]
     protected_branches: tuple[str, ...]
     push_branches: tuple[str, ...] | None
@@ -95,7 +169,7 @@ class GitPolicy:
     allow_branch_deletion: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GithubDeny:
     """A refused GitHub API operation: REST (method + path glob) or a GraphQL mutation field."""
 
@@ -106,37 +180,84 @@ class GithubDeny:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dns:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScannerConfig:
+    """How the proxy reaches pipelock's scan API."""
+
+    url: str
+    token: str
+    mode: str
+    timeout_seconds: float
+    max_body_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
-    version: int
+    """Everything one proxy enforces. `placeholders` maps each token_ref to the value the
+    agent holds instead of the real credential."""
+
     bottle: str
     mode: str
     listen: Listen
     clients: tuple[str, ...]
-    rules: tuple[Rule, ...]
+    allow: tuple[AllowRule, ...]
     routes: tuple[Route, ...]
-    scanner: Scanner
+    placeholders: Mapping[str, str]
+    scanner: ScannerConfig
     upstream_ca: str | None
     dns: Dns | None
     git: GitPolicy | None = None
     github_deny: tuple[GithubDeny, ...] = ()
 
+    def __repr__(self) -> str:  # placeholders and the scanner token stay out of tracebacks
+        return f"Policy(bottle={self.bottle!r}, mode={self.mode!r}, allow={len(self.allow)}, routes={len(self.routes)})"
+
     def to_dict(self) -> dict[str, Any]:
-        data = _jsonable(asdict(self))
-        deny = data.pop("github_deny")
-        data["github"] = {"deny": deny} if deny else None
-        return data
+        return {
+            "version": POLICY_VERSION,
+            "bottle": self.bottle,
+            "mode": self.mode,
+            "listen": to_document(self.listen),
+            "clients": list(self.clients),
+            "allow": to_document(self.allow),
+            "routes": to_document(self.routes),
+            "placeholders": dict(self.placeholders),
+            "scanner": to_document(self.scanner),
+            "upstream_ca": self.upstream_ca,
+            "dns": to_document(self.dns),
+            "git": to_document(self.git),
+            "github": {"deny": to_document(self.github_deny)} if self.github_deny else None,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+def to_document(value: Any) -> Any:
+    """Contract types as plain JSON data (tuples become lists); the policy file and the
+    dry-run both show them this way."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_document(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [to_document(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_document(v) for k, v in value.items()}
     return value
+
+
+# -- the reader ---------------------------------------------------------------------------
 
 
 def parse_policy(text: str) -> Policy:
@@ -147,28 +268,28 @@ def parse_policy(text: str) -> Policy:
         raise PolicyError(f"policy is not valid JSON: {e}") from None
     obj = _Obj(data, "policy")
     version = obj.take("version", int)
-    if version != 1:
-        raise PolicyError(f"version: unsupported policy version {version!r} (expected 1)")
-    bottle = obj.take("bottle", str)
-    if not bottle:
-        raise PolicyError("bottle: must not be empty")
+    if version != POLICY_VERSION:
+        raise PolicyError(f"version: unsupported policy version {version!r} (expected {POLICY_VERSION})")
+    bottle = _nonempty(obj.take("bottle", str), "bottle")
     mode = obj.take_choice("mode", MODES)
-    listen = _parse_listen(obj.take("listen", dict), "listen")
+    listen = Listen(**_parse_endpoint(obj.take("listen", dict), "listen"))
     clients = tuple(_parse_ip(c, f"clients[{i}]") for i, c in enumerate(obj.take("clients", list)))
-    rules = tuple(_parse_rule(r, f"rules[{i}]") for i, r in enumerate(obj.take("rules", list)))
+    allow = tuple(_parse_allow(r, f"allow[{i}]") for i, r in enumerate(obj.take("allow", list)))
     routes = tuple(_parse_route(r, f"routes[{i}]") for i, r in enumerate(obj.take("routes", list)))
+    placeholders = _parse_placeholders(obj.take("placeholders", dict), routes)
     scanner = _parse_scanner(obj.take("scanner", dict), "scanner")
     upstream_ca = obj.take("upstream_ca", str, optional=True)
     dns_raw = obj.take("dns", dict, optional=True)
-    dns = None if dns_raw is None else _parse_dns(dns_raw, "dns")
+    dns = None if dns_raw is None else Dns(**_parse_endpoint(dns_raw, "dns"))
     git_raw = obj.take("git", dict, optional=True)
     git = None if git_raw is None else _parse_git(git_raw, "git")
     github_raw = obj.take("github", dict, optional=True)
     github_deny = () if github_raw is None else _parse_github(github_raw, "github")
     obj.finish()
-    _check_unique([r.id for r in rules] + [r.id for r in routes], "rules/routes id")
-    _check_unique([r.placeholder for r in routes], "routes placeholder")
-    return Policy(1, bottle, mode, listen, clients, rules, routes, scanner, upstream_ca, dns, git, github_deny)
+    _check_unique([r.id for r in allow] + [r.id for r in routes], "allow/routes id")
+    return Policy(bottle=bottle, mode=mode, listen=listen, clients=clients, allow=allow, routes=routes,
+                  placeholders=placeholders, scanner=scanner, upstream_ca=upstream_ca, dns=dns, git=git,
+                  github_deny=github_deny)
 
 
 class _Obj:
@@ -206,96 +327,101 @@ class _Obj:
             raise PolicyError(f"{self.key(name)}: must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def take_strings(self, name: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...] | None:
+    def take_strings(self, name: str, pattern: str, what: str) -> tuple[str, ...] | None:
         values = self.take(name, list, optional=True)
         if values is None:
             return None
         if not values:
             raise PolicyError(f"{self.key(name)}: must be null (any) or a non-empty list")
         for i, v in enumerate(values):
-            if not isinstance(v, str) or not pattern.match(v):
+            if not isinstance(v, str) or not re.fullmatch(pattern, v):
                 raise PolicyError(f"{self.key(name)}[{i}]: not a valid {what}: {v!r}")
         return tuple(values)
 
+    def take_methods(self, name: str = "methods") -> tuple[str, ...] | None:
+        return self.take_strings(name, "|".join(HTTP_METHODS), "HTTP method")
+
+    def take_paths(self, name: str = "paths") -> tuple[str, ...] | None:
+        return self.take_strings(name, PATH_PATTERN, "path prefix (must start with /)")
+
     def finish(self) -> None:
         if self.data:
-            names = ", ".join(sorted(self.data))
-            where = "policy" if self.where == "policy" else self.where
-            raise PolicyError(f"{where}: unknown key(s): {names}")
+            raise PolicyError(f"{self.where}: unknown key(s): {', '.join(sorted(self.data))}")
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "an object"}
-_PATH_RE = re.compile(r"^/[^\s?#]*$")
 
 
-def _parse_listen(data: dict, where: str) -> Listen:
-    obj = _Obj(data, where)
-    host = obj.take("host", str)
-    _parse_ip(host, obj.key("host"))
-    port = _port(obj.take("port", int), obj.key("port"))
-    obj.finish()
-    return Listen(host, port)
-
-
-def _parse_dns(data: dict, where: str) -> Dns:
+def _parse_endpoint(data: dict, where: str) -> dict[str, Any]:
     obj = _Obj(data, where)
     host = _parse_ip(obj.take("host", str), obj.key("host"))
     port = _port(obj.take("port", int), obj.key("port"))
     obj.finish()
-    return Dns(host, port)
+    return {"host": host, "port": port}
 
 
-def _parse_rule(data: Any, where: str) -> Rule:
+def _parse_allow(data: Any, where: str) -> AllowRule:
     obj = _Obj(data, where)
     rule_id = _nonempty(obj.take("id", str), obj.key("id"))
     host = _parse_host(obj.take("host", str), obj.key("host"))
-    methods = obj.take_strings("methods", _METHOD_RE, "HTTP method")
-    paths = obj.take_strings("paths", _PATH_RE, "path prefix (must start with /)")
-    ports_raw = obj.take("ports", list, optional=True, default=[443])
+    methods = obj.take_methods()
+    paths = obj.take_paths()
+    ports_raw = obj.take("ports", list)
     if not ports_raw:
         raise PolicyError(f"{obj.key('ports')}: must be a non-empty list")
-    ports = tuple(
-        _port(p, f"{obj.key('ports')}[{i}]") if isinstance(p, int) and not isinstance(p, bool)
-        else _bad(f"{obj.key('ports')}[{i}]: expected an integer, got {p!r}")
-        for i, p in enumerate(ports_raw)
-    )
-    private_upstream = obj.take("private_upstream", bool, optional=True, default=False)
-    scan_body = obj.take("scan_body", bool, optional=True, default=True)
+    for i, p in enumerate(ports_raw):
+        if not isinstance(p, int) or isinstance(p, bool):
+            raise PolicyError(f"{obj.key('ports')}[{i}]: expected an integer, got {p!r}")
+        _port(p, f"{obj.key('ports')}[{i}]")
+    private_upstream = obj.take("private_upstream", bool)
+    scan_body = obj.take("scan_body", bool)
     obj.finish()
-    return Rule(rule_id, host, methods, paths, ports, private_upstream, scan_body)
+    return AllowRule(id=rule_id, host=host, methods=methods, paths=paths, ports=tuple(ports_raw),
+                     private_upstream=private_upstream, scan_body=scan_body)
 
 
 def _parse_route(data: Any, where: str) -> Route:
     obj = _Obj(data, where)
     route_id = _nonempty(obj.take("id", str), obj.key("id"))
     host = _parse_host(obj.take("host", str), obj.key("host"))
-    methods = obj.take_strings("methods", _METHOD_RE, "HTTP method")
-    paths = obj.take_strings("paths", _PATH_RE, "path prefix (must start with /)")
+    methods = obj.take_methods()
+    paths = obj.take_paths()
     scheme = obj.take_choice("scheme", SCHEMES)
     header = obj.take("header", str, optional=True)
     username = obj.take("username", str, optional=True)
     token_ref = obj.take("token_ref", str)
-    if not _ENV_RE.match(token_ref):
+    if not re.fullmatch(ENV_NAME_PATTERN, token_ref):
         raise PolicyError(f"{obj.key('token_ref')}: not a valid environment variable name: {token_ref!r}")
-    placeholder = obj.take("placeholder", str)
-    if len(placeholder) < 16 or any(c.isspace() for c in placeholder):
-        raise PolicyError(f"{obj.key('placeholder')}: must be at least 16 characters without spaces")
     obj.finish()
     if scheme == "header":
-        if not header or not _HEADER_RE.match(header):
+        if not header or not re.fullmatch(HEADER_NAME_PATTERN, header) or header.lower() in RESERVED_HEADERS:
             raise PolicyError(f"{obj.key('header')}: scheme header needs a valid header name")
         header = header.lower()
     elif header is not None:
         raise PolicyError(f"{obj.key('header')}: only allowed with scheme header")
-    if username is not None and scheme != "basic":
-        raise PolicyError(f"{obj.key('username')}: only allowed with scheme basic")
-    return Route(route_id, host, methods, paths, scheme, header, username, token_ref, placeholder)
+    if username is not None and (scheme != "basic" or not re.fullmatch(USERNAME_PATTERN, username)):
+        raise PolicyError(f"{obj.key('username')}: only allowed with scheme basic, without ':' or spaces")
+    return Route(id=route_id, host=host, methods=methods, paths=paths, scheme=scheme, header=header,
+                 username=username, token_ref=token_ref)
 
 
-_REPO_PATH_RE = re.compile(r"^[a-z0-9_.-]+(/[a-z0-9_.-]+)+$")
-_REF_GLOB_RE = re.compile(r"^[^\s\0~^:?\[\\]+$")
-_GRAPHQL_NAME_RE = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
+def _parse_placeholders(data: dict, routes: tuple[Route, ...]) -> dict[str, str]:
+    refs = {r.token_ref for r in routes}
+    for ref, value in data.items():
+        if ref not in refs:
+            raise PolicyError(f"placeholders.{ref}: no route uses this token_ref")
+        if not isinstance(value, str) or len(value) < MIN_PLACEHOLDER_LENGTH or any(c.isspace() for c in value):
+            raise PolicyError(f"placeholders.{ref}: must be at least {MIN_PLACEHOLDER_LENGTH} characters "
+                              "without spaces")
+    for ref in sorted(refs - set(data)):
+        raise PolicyError(f"placeholders.{ref}: required key is missing")
+    _check_unique(list(data.values()), "placeholders")
+    values = list(data.values())
+    for value in values:
+        if any(value != other and value in other for other in values):
+            raise PolicyError("placeholders: one placeholder must not contain another")
+    return dict(data)
 
 
 def _parse_git(data: dict, where: str) -> GitPolicy:
@@ -308,18 +434,20 @@ def _parse_git(data: dict, where: str) -> GitPolicy:
         if host.startswith("*."):
             raise PolicyError(f"{r.key('host')}: a git repository host must be exact: {host!r}")
         path = r.take("path", str)
-        if not _REPO_PATH_RE.match(path) or path.endswith(".git") or any(s in (".", "..") for s in path.split("/")):
+        if (not re.fullmatch(REPO_PATH_PATTERN, path) or path.endswith(".git")
+                or any(s in (".", "..") for s in path.split("/"))):
             raise PolicyError(f"{r.key('path')}: not a lower-case owner/repo path: {path!r}")
-        access = r.take_choice("access", ("read", "push"))
+        access = r.take_choice("access", GIT_ACCESS)
         r.finish()
-        repos.append(GitRepository(repo_id, host, path, access))
-    protected = obj.take_strings("protected_branches", _REF_GLOB_RE, "branch glob") or ()
-    push = obj.take_strings("push_branches", _REF_GLOB_RE, "branch glob")
+        repos.append(GitRepository(id=repo_id, host=host, path=path, access=access))
+    protected = obj.take_strings("protected_branches", BRANCH_GLOB_PATTERN, "branch glob") or ()
+    push = obj.take_strings("push_branches", BRANCH_GLOB_PATTERN, "branch glob")
     force = obj.take("allow_force_push", bool)
     deletion = obj.take("allow_branch_deletion", bool)
     obj.finish()
     _check_unique([r.id for r in repos], "git.repositories id")
-    return GitPolicy(tuple(repos), protected, push, force, deletion)
+    return GitPolicy(repositories=tuple(repos), protected_branches=protected, push_branches=push,
+                     allow_force_push=force, allow_branch_deletion=deletion)
 
 
 def _parse_github(data: dict, where: str) -> tuple[GithubDeny, ...]:
@@ -335,19 +463,19 @@ def _parse_github(data: dict, where: str) -> tuple[GithubDeny, ...]:
         d.finish()
         if (graphql is None) == (path is None):
             raise PolicyError(f"{d.where}: needs either path (REST) or graphql")
-        if method is not None and (path is None or not _METHOD_RE.match(method)):
+        if method is not None and (path is None or method not in HTTP_METHODS):
             raise PolicyError(f"{d.key('method')}: an HTTP method, only with path: {method!r}")
-        if path is not None and not _PATH_RE.match(path):
+        if path is not None and not re.fullmatch(PATH_PATTERN, path):
             raise PolicyError(f"{d.key('path')}: not a path pattern: {path!r}")
-        if graphql is not None and not _GRAPHQL_NAME_RE.match(graphql):
+        if graphql is not None and not re.fullmatch(GRAPHQL_NAME_PATTERN, graphql):
             raise PolicyError(f"{d.key('graphql')}: not a GraphQL field name: {graphql!r}")
-        out.append(GithubDeny(deny_id, method, path, graphql, reason))
+        out.append(GithubDeny(id=deny_id, method=method, path=path, graphql=graphql, reason=reason))
     obj.finish()
     _check_unique([d.id for d in out], "github.deny id")
     return tuple(out)
 
 
-def _parse_scanner(data: dict, where: str) -> Scanner:
+def _parse_scanner(data: dict, where: str) -> ScannerConfig:
     obj = _Obj(data, where)
     url = obj.take("url", str)
     parts = urlsplit(url)
@@ -355,25 +483,23 @@ def _parse_scanner(data: dict, where: str) -> Scanner:
         raise PolicyError(f"{obj.key('url')}: must be an http:// URL with a host and path, got {url!r}")
     token = _nonempty(obj.take("token", str), obj.key("token"))
     mode = obj.take_choice("mode", SCANNER_MODES)
-    timeout = obj.take("timeout_seconds", float, optional=True, default=10.0)
+    timeout = obj.take("timeout_seconds", float)
     if not 0 < timeout <= 300:
         raise PolicyError(f"{obj.key('timeout_seconds')}: must be between 0 and 300")
-    max_body = obj.take("max_body_bytes", int, optional=True, default=8 * 1024 * 1024)
+    max_body = obj.take("max_body_bytes", int)
     if max_body <= 0:
         raise PolicyError(f"{obj.key('max_body_bytes')}: must be positive")
     obj.finish()
-    return Scanner(url, token, mode, timeout, max_body)
+    return ScannerConfig(url=url, token=token, mode=mode, timeout_seconds=timeout, max_body_bytes=max_body)
 
 
 def _parse_host(value: str, where: str) -> str:
-    host = value.lower().rstrip(".")
-    if not _HOST_RE.match(host):
+    host = normalize_host(value)
+    if not re.fullmatch(HOST_PATTERN, host):
         raise PolicyError(f"{where}: not a host name or *.suffix pattern: {value!r}")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    raise PolicyError(f"{where}: IP literals are not allowed, name the host: {value!r}")
+    if is_ip_literal(host.removeprefix("*.")):
+        raise PolicyError(f"{where}: IP literals are not allowed, name the host: {value!r}")
+    return host
 
 
 def _parse_ip(value: Any, where: str) -> str:
@@ -393,10 +519,6 @@ def _nonempty(value: str, where: str) -> str:
     if not value:
         raise PolicyError(f"{where}: must not be empty")
     return value
-
-
-def _bad(message: str) -> Any:
-    raise PolicyError(message)
 
 
 def _check_unique(values: list[str], what: str) -> None:

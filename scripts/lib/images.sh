@@ -2,7 +2,7 @@
 # Image setup. Source it after common.sh and engine.sh (ensure_engine first).
 #   ensure_base_images   choose base images (local, pulled, or local stand-ins)
 #                        -> BOTTLE_BASE_PYTHON, BOTTLE_BASE_NODE
-#   ensure_images        build bottle/egress-proxy and bottle/agent
+#   ensure_images        build bottle/proxy and bottle/agent
 #   ensure_test_images   build bottle-test/upstream:latest and bottle-test/git:latest
 #   ensure_pipelock      find, pull or build (from source) a pipelock image and binary
 #                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN

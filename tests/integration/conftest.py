@@ -43,7 +43,7 @@ def engine() -> None:
         ok = False
     if not ok:
         missing(f"no Docker engine answers `{DOCKER} info`")
-    for image in ("bottle/egress-proxy:0.1.0", "bottle/agent:0.1.0", UPSTREAM_IMAGE):
+    for image in ("bottle/proxy:0.1.0", "bottle/agent:0.1.0", UPSTREAM_IMAGE):
         if docker("image", "inspect", image, check=False).returncode != 0:
             missing(f"image {image} is not built (scripts/test builds it)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bottle.mitm.pipelock_config import render_pipelock_config
+from bottle.launch.pipelock_config import render_pipelock_config
+from bottle.mitm.policy import AllowRule, Listen, Policy, Route, ScannerConfig
 from tests.support.certs import make_upstream_pki
 from tests.support.prereq import pipelock_binary
 
@@ -57,7 +59,7 @@ def make_certs(tmp: Path) -> dict[str, Path]:
 
 
 def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
-    from bottle.mitm.ca import generate_ca
+    from bottle.launch.ca import generate_ca
 
     ca = generate_ca("bottle-loopback")
     confdir.mkdir(parents=True)
@@ -66,31 +68,27 @@ def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
     return tmp / "bottle-ca.pem"
 
 
-def policy_json(*, proxy_port, upstream_ca, scanner_port, rules, routes=()) -> str:
-    return json.dumps({
-        "version": 1,
-        "bottle": "bottle-loopback",
-        "mode": "enforce",
-        "listen": {"host": "127.0.0.1", "port": proxy_port},
-        "clients": ["127.0.0.1"],
-        "rules": rules,
-        "routes": list(routes),
-        "scanner": {"url": f"http://127.0.0.1:{scanner_port}/api/v1/scan", "token": TOKEN, "mode": "block",
-                    "timeout_seconds": 10, "max_body_bytes": 8388608},
-        "upstream_ca": str(upstream_ca),
-        "dns": None,
-    })
+def policy_json(*, proxy_port, upstream_ca, scanner_port, allow, routes=()) -> str:
+    """The policy file, written by the contract's own writer (bottle/mitm/policy.py)."""
+    return Policy(
+        bottle="bottle-loopback", mode="enforce", listen=Listen(host="127.0.0.1", port=proxy_port),
+        clients=("127.0.0.1",), allow=tuple(allow), routes=tuple(routes),
+        placeholders={r.token_ref: PLACEHOLDER for r in routes},
+        scanner=ScannerConfig(url=f"http://127.0.0.1:{scanner_port}/api/v1/scan", token=TOKEN, mode="block",
+                              timeout_seconds=10.0, max_body_bytes=8388608),
+        upstream_ca=str(upstream_ca), dns=None,
+    ).to_json()
 
 
-RULES = [
-    {"id": "egress.allow[0]", "host": "localhost", "methods": ["GET", "POST"], "paths": ["/", "/echo", "/sse"],
-     "ports": None, "private_upstream": True, "scan_body": True},
-    {"id": "egress.allow[1]", "host": "localhost", "methods": ["PUT"], "paths": ["/upload"],
-     "ports": None, "private_upstream": True, "scan_body": False},
+ALLOW = [
+    AllowRule(id="egress.allow[0]", host="localhost", methods=("GET", "POST"), paths=("/", "/echo", "/sse"),
+              ports=(), private_upstream=True, scan_body=True),
+    AllowRule(id="egress.allow[1]", host="localhost", methods=("PUT",), paths=("/upload",),
+              ports=(), private_upstream=True, scan_body=False),
 ]
 ROUTES = [
-    {"id": "egress.routes[0]", "host": "localhost", "methods": ["GET"], "paths": ["/headers"], "scheme": "bearer",
-     "header": None, "username": None, "token_ref": "LOOPBACK_TOKEN", "placeholder": PLACEHOLDER},
+    Route(id="egress.routes[0]", host="localhost", methods=("GET",), paths=("/headers",), scheme="bearer",
+          header=None, username=None, token_ref="LOOPBACK_TOKEN"),
 ]
 
 
@@ -121,10 +119,10 @@ class Loopback:
         confdir = self.tmp / "run" / "mitmproxy"
         self.bottle_ca = make_bottle_ca(confdir, self.tmp)
         self.proxy_port = free_port()
-        rules = [dict(r, ports=[self.upstream_port]) for r in RULES]
+        allow = [dataclasses.replace(r, ports=(self.upstream_port,)) for r in ALLOW]
         self.policy_path = self.tmp / "run" / "policy.json"
         self.policy_path.write_text(policy_json(proxy_port=self.proxy_port, upstream_ca=certs["upstream_ca"],
-                                                scanner_port=self.scanner_port, rules=rules, routes=ROUTES))
+                                                scanner_port=self.scanner_port, allow=allow, routes=ROUTES))
         self.upstream_ca = certs["upstream_ca"]
         wait_port(self.scanner_port, self.procs["pipelock"])
         wait_port(self.upstream_port, self.procs["upstream"])
@@ -338,7 +336,7 @@ def test_sighup_reload_applies_and_broken_file_keeps_old_policy(loopback):
         loopback.wait_status(lambda s: s["state"] == "error")
         assert loopback.curl("/")[0] == 200
         data = json.loads(original)
-        data["rules"][0]["methods"] = ["POST"]
+        data["allow"][0]["methods"] = ["POST"]
         loopback.policy_path.write_text(json.dumps(data))
         loopback.procs["launcher"].send_signal(signal.SIGHUP)
         loopback.wait_status(lambda s: s["state"] == "serving")

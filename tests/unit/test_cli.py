@@ -75,8 +75,8 @@ def test_dry_run_text_names_what_would_be_created_and_touches_nothing(monkeypatc
 def test_dry_run_json_is_one_document(monkeypatch):
     result = invoke("start", "--dry-run", "--format=json", str(EXAMPLE))
     document = json.loads(result.output)
-    assert document["schema_version"] == 1
-    assert [c["role"] for c in document["containers"]] == ["pipelock", "mitmproxy", "agent"]
+    assert document["schema_version"] == 2
+    assert [c["role"] for c in document["containers"]] == ["pipelock", "proxy", "agent"]
     assert document["egress"]["routes"][0]["token_present"] is False
 
 

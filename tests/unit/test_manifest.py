@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bottle.errors import ManifestError
-from bottle.manifest import DEFAULT_AGENT_IMAGE, DEFAULT_PIPELOCK_IMAGE, host_matches, load_manifest
+from bottle.manifest import DEFAULT_AGENT_IMAGE, DEFAULT_PIPELOCK_IMAGE, load_manifest
 from tests.unit.conftest import MINIMAL
 
 
@@ -359,22 +359,6 @@ def test_alias_bombs_are_refused(write_manifest):
     assert errors_of(write_manifest, "\n".join(lines) + "\n") == (
         "M: too many nested or repeated values (YAML aliases?); a manifest is small"
     )
-
-
-@pytest.mark.parametrize(
-    ("pattern", "host", "matches"),
-    [
-        ("api.example.com", "api.example.com", True),
-        ("api.example.com", "API.Example.COM.", True),
-        ("api.example.com", "x.api.example.com", False),
-        ("*.example.com", "api.example.com", True),
-        ("*.example.com", "a.b.example.com", True),
-        ("*.example.com", "example.com", False),
-        ("*.example.com", "badexample.com", False),
-    ],
-)
-def test_host_matching(pattern, host, matches):
-    assert host_matches(pattern, host) is matches
 
 
 # -- git and github -------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 
 from bottle.backend.docker.plan import create_argv, docker_plan
 from bottle.manifest import load_manifest
-from bottle.plan import AllowRule, CredentialRoute, build_plan
+from bottle.mitm.policy import AllowRule, Route
+from bottle.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "claude.yaml"
@@ -25,22 +26,23 @@ def test_example_plan():
     assert plan.bottle_id == "bottle-claude-abc123"
     assert plan.agent.command == ("claude",)
     assert plan.agent.workspace == str(ROOT)
-    assert plan.egress.rules[0] == AllowRule(
+    assert plan.egress.allow[0] == AllowRule(
         id="egress.allow[0]", host="api.anthropic.com", methods=("GET", "POST"), paths=("/v1/", "/api/"),
         ports=(443,), private_upstream=False, scan_body=True,
     )
     assert plan.egress.routes == (
-        CredentialRoute(
+        Route(
             id="egress.routes[0]", host="api.anthropic.com", methods=None, paths=("/v1/",), scheme="header",
-            header="x-api-key", username=None, token_ref="ANTHROPIC_API_KEY", token_present=False,
+            header="x-api-key", username=None, token_ref="ANTHROPIC_API_KEY",
         ),
     )
+    assert plan.egress.present_token_refs == frozenset()
     assert plan.missing_credentials == ("ANTHROPIC_API_KEY",)
 
 
 def test_plan_records_presence_of_credentials_never_values():
     plan = example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-api03-secret-value"})
-    assert plan.egress.routes[0].token_present is True
+    assert plan.egress.present_token_refs == {"ANTHROPIC_API_KEY"}
     assert plan.missing_credentials == ()
     assert "sk-ant-api03-secret-value" not in repr(plan)
     assert "sk-ant-api03-secret-value" not in json.dumps(docker_plan(plan).to_dict())
@@ -71,7 +73,7 @@ def test_agent_container_is_hardened():
 
 
 def test_proxy_gets_credentials_by_name_only_and_cannot_route():
-    proxy = docker_plan(example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-x"})).container("mitmproxy")
+    proxy = docker_plan(example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-x"})).container("proxy")
     argv = create_argv(proxy)
     assert _contains(argv, ["--env", "ANTHROPIC_API_KEY"])
     assert not any("sk-ant-x" in a for a in argv)
@@ -89,12 +91,12 @@ def test_networks_are_internal_without_gateway_and_never_ipv6():
     assert not egress_net.internal
     assert dplan.container("agent").network == agent_net.name
     assert dplan.container("pipelock").network == scanner_net.name
-    assert [n for n, _ in dplan.container("mitmproxy").extra_networks] == [agent_net.name, scanner_net.name]
+    assert [n for n, _ in dplan.container("proxy").extra_networks] == [agent_net.name, scanner_net.name]
 
 
 def test_start_order_and_teardown():
     dplan = docker_plan(example_plan())
-    assert dplan.start_order == ("pipelock", "mitmproxy", "agent")
+    assert dplan.start_order == ("pipelock", "proxy", "agent")
     assert dplan.teardown == (
         ("container", "bottle-claude-abc123-agent"),
         ("container", "bottle-claude-abc123-proxy"),
@@ -115,7 +117,7 @@ def test_existing_egress_network_is_used_not_created_or_removed(write_manifest):
     dplan = docker_plan(build_plan(load_manifest(path), env={}, run_id="r1"))
     assert dplan.network("egress").name == "corp-egress"
     assert ("network", "corp-egress") not in dplan.teardown
-    assert dplan.container("mitmproxy").network == "corp-egress"
+    assert dplan.container("proxy").network == "corp-egress"
 
 
 def dry_run_document() -> str:
@@ -136,7 +138,7 @@ def test_dry_run_json_matches_golden_file():
 
 def test_dry_run_json_is_versioned_and_never_carries_a_fingerprint_yet():
     document = docker_plan(example_plan()).to_dict()
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["egress"]["mitm"] == {"enabled": True, "ca_fingerprint": None}
     assert document["egress"]["routes"][0]["token_ref"] == "ANTHROPIC_API_KEY"
     assert document["egress"]["routes"][0]["token_present"] is False
@@ -159,9 +161,8 @@ def write_manifest(tmp_path):
 
 
 def test_git_and_github_sections_become_plan_data_and_proxy_policy(write_manifest):
-    from bottle.mitm.policy import GithubDeny, GitRepository, parse_policy
-    from bottle.mitm.render import render_policy
-    from bottle.plan import GitSpec
+    from bottle.launch.policy_file import render_policy
+    from bottle.mitm.policy import GithubDeny, GitPolicy, GitRepository, parse_policy
 
     manifest = load_manifest(write_manifest("""
         version: 1
@@ -177,7 +178,7 @@ def test_git_and_github_sections_become_plan_data_and_proxy_policy(write_manifes
           deny: [{method: DELETE, path: "/repos/*/*/issues/*/comments/*", reason: no deleting comments}]
     """))
     plan = build_plan(manifest, env={}, run_id="abc123")
-    assert plan.git == GitSpec(
+    assert plan.git == GitPolicy(
         repositories=(
             plan.git.repositories[0].__class__(id="git.repositories[0]", host="github.com", path="acme/widgets",
                                                access="push"),
@@ -191,16 +192,17 @@ def test_git_and_github_sections_become_plan_data_and_proxy_policy(write_manifes
                          scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16, placeholders={},
                          upstream_ca_path=None, dns_host=None)
     policy = parse_policy(text)
-    assert policy.git.repositories[1] == GitRepository("git.repositories[1]", "gitlab.example.com", "group/sub/tool",
-                                                       "read")
+    assert policy.git.repositories[1] == GitRepository(id="git.repositories[1]", host="gitlab.example.com",
+                                                       path="group/sub/tool", access="read")
     assert policy.git.push_branches == ("sandbox/*",)
     assert policy.github_deny == (
-        GithubDeny("github.deny[0]", "DELETE", "/repos/*/*/issues/*/comments/*", None, "no deleting comments"),)
+        GithubDeny(id="github.deny[0]", method="DELETE", path="/repos/*/*/issues/*/comments/*", graphql=None,
+                   reason="no deleting comments"),)
     assert parse_policy(policy.to_json()) == policy
 
 
 def test_plan_without_git_renders_null_sections():
-    from bottle.mitm.render import render_policy
+    from bottle.launch.policy_file import render_policy
 
     text = render_policy(example_plan(), clients=["172.20.0.3"], listen_host="0.0.0.0", listen_port=8080,
                          scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16,

@@ -72,8 +72,17 @@ def test_an_error_in_the_agent_run_still_tears_down_and_propagates(tmp_path):
     assert backend.events[-2:] == ["log closed", "teardown"]
 
 
+@pytest.fixture
+def default_dispositions():
+    """Run as if started from a terminal, whatever started pytest (nohup ignores SIGHUP)."""
+    before = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_tear_down_and_exit_128_plus_signal(tmp_path, sig):
+def test_sigterm_and_sighup_tear_down_and_exit_128_plus_signal(tmp_path, sig, default_dispositions):
     def killed():
         os.kill(os.getpid(), sig)
         raise AssertionError("the signal should have raised")
@@ -81,7 +90,20 @@ def test_sigterm_and_sighup_tear_down_and_exit_128_plus_signal(tmp_path, sig):
     backend = FakeBackend(agent=killed)
     assert run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={}) == 128 + sig
     assert backend.events[-1] == "teardown"
-    assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+    assert signal.getsignal(sig) == signal.SIG_DFL
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_bottle(tmp_path, default_dispositions):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def hung_up():
+        os.kill(os.getpid(), signal.SIGHUP)
+        return 0
+
+    backend = FakeBackend(agent=hung_up)
+    assert run_bottle(example_dplan(), backend, egress_log=tmp_path / "l.jsonl", env={}) == 0
+    assert backend.events[-1] == "teardown"
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
 
 
 def test_ctrl_c_tears_down_and_propagates(tmp_path):

@@ -16,12 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from bottle.backend.base import BottleBackend, LaunchSecrets, RunningBottle
+from bottle.backend.base import BottleBackend, RunningBottle
 from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
 from bottle.errors import BackendError, StartError
-from bottle.mitm.pipelock_config import render_pipelock_config
-from bottle.mitm.render import SCANNER_MAX_BODY_BYTES, render_policy
+from bottle.launch.pipelock_config import render_pipelock_config
+from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
+from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import PROXY_PORT, SCANNER_PORT
 from bottle.signals import signals_ignored
 
@@ -122,7 +123,7 @@ class DockerBackend(BottleBackend):
                     workers.submit(self._make, created, "network", network.name, dp.network_create_argv(network))
             for volume in plan.volumes:
                 workers.submit(self._make, created, "volume", volume.name, dp.volume_create_argv(volume))
-        pipelock, proxy, agent = (plan.container(role) for role in ("pipelock", "mitmproxy", "agent"))
+        pipelock, proxy, agent = (plan.container(role) for role in ("pipelock", "proxy", "agent"))
         agent_network = plan.network("agent").name
         # On an error, `stopping` lets the scanner thread stop waiting for health at once.
         with _Workers(stop=created.stopping) as workers:

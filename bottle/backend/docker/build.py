@@ -33,7 +33,7 @@ from bottle.plan import PROXY_IMAGE
 
 # image name -> (Dockerfile, tag, base-image kind, real upstream base)
 IMAGES = {
-    "egress-proxy": ("Dockerfile.egress-proxy", PROXY_IMAGE, "python", "python:3.13-slim"),
+    "proxy": ("Dockerfile.egress-proxy", PROXY_IMAGE, "python", "python:3.13-slim"),
     "agent": ("Dockerfile.agent", DEFAULT_AGENT_IMAGE, "node", "node:22-bookworm-slim"),
 }
 # Built only from a verified source (--pipelock-source), under the pinned official name so

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.plan import PROXY_PORT, BottlePlan, git_document, github_document
+from bottle.mitm.policy import to_document
+from bottle.plan import PROXY_PORT, BottlePlan
 
 LABEL_PREFIX = "dev.bottle"
 MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
@@ -196,7 +197,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         labels=labels_for(plan, "pipelock"),
     )
     proxy = ContainerSpec(
-        role="mitmproxy",
+        role="proxy",
         name=f"{bid}-proxy",
         image=plan.proxy_image,
         network=egress_net.name,
@@ -223,7 +224,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         cpus=2.0,
         memory="1g",
         pids=512,
-        labels=labels_for(plan, "mitmproxy"),
+        labels=labels_for(plan, "proxy"),
     )
     agent = plan.agent
     proxy_url = f"http://{PROXY_IP}:{PROXY_PORT}"
@@ -343,7 +344,9 @@ def connect_argv(container: ContainerSpec) -> list[list[str]]:
     return out
 
 
-DRY_RUN_SCHEMA_VERSION = 1
+# 2: the proxy's role is `proxy` (was `mitmproxy`), its image bottle/proxy, and
+#    `egress.rules` is `egress.allow` (docs/dry-run-json.md).
+DRY_RUN_SCHEMA_VERSION = 2
 
 
 def plan_document(dplan: DockerBottlePlan) -> dict:
@@ -373,13 +376,14 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
         "egress": {
             "mode": plan.egress.mode,
             "mitm": {"enabled": True, "ca_fingerprint": None},
-            "rules": [dataclasses.asdict(r) for r in plan.egress.rules],
-            "routes": [dataclasses.asdict(r) for r in plan.egress.routes],
+            "allow": to_document(plan.egress.allow),
+            "routes": [{**to_document(r), "token_present": r.token_ref in plan.egress.present_token_refs}
+                       for r in plan.egress.routes],
             "upstream_ca": plan.egress.upstream_ca,
             "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
         },
-        "git": git_document(plan),
-        "github": github_document(plan),
+        "git": to_document(plan.git),
+        "github": {"deny": to_document(plan.github_deny)} if plan.github_deny else None,
         "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode},
         "networks": [
             {

@@ -8,11 +8,10 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow
 
-from bottle.mitm import addon as addon_module
-from bottle.mitm.addon import BottleEgress
+from bottle.mitm import responses, upstream
 from bottle.mitm.policy import parse_policy
 from bottle.mitm.scanner import ScannerUnavailable, ScanResult
-from mitm_fixture import ENV, P_ANTHROPIC, P_BASIC, P_EXAMPLE, P_GITHUB, P_TOKEN, policy_text
+from mitm_fixture import ENV, P_ANTHROPIC, P_BASIC, P_EXAMPLE, P_GITHUB, P_TOKEN, Chain, policy_text
 
 AGENT = "172.20.0.3"
 LOG_KEYS = {"time", "bottle", "client", "method", "scheme", "host", "port", "path", "status", "bytes_up",
@@ -41,7 +40,7 @@ class FakeScanner:
 def make_addon(fake=None, env=ENV, **policy_changes):
     lines: list[dict] = []
     policy = parse_policy(policy_text(**policy_changes))
-    return BottleEgress(policy, fake or FakeScanner(), env=dict(env), emit=lines.append), lines
+    return Chain(policy, fake or FakeScanner(), env=dict(env), emit=lines.append), lines
 
 
 def make_flow(method="POST", url="https://api.anthropic.com/v1/messages", headers=(), body=b"",
@@ -266,7 +265,7 @@ def test_scan_body_false_rule_is_decided_in_requestheaders_and_streams():
         asyncio.run(addon.request(f))  # after streaming: nothing more to decide
     assert f.response is None
     assert scanner.texts == ["0\napplication/x-git-receive-pack-request"]
-    assert f.metadata["bottle"]["bytes_up"] == 10
+    assert f.metadata["bottle"].bytes_up == 10
 
 
 def test_response_is_streamed_and_counted():
@@ -381,7 +380,7 @@ def test_responseheaders_exception_kills_the_flow(monkeypatch):
     addon, _ = make_addon()
     f = make_flow()
     f.response = http.Response.make(200, b"")
-    monkeypatch.setattr(BottleEgress, "_counter", staticmethod(lambda *a: 1 / 0))
+    monkeypatch.setattr(responses, "_count_down", lambda *a: 1 / 0)
     with taddons.context(addon):
         asyncio.run(addon.responseheaders(f))
     assert f.error is not None and f.error.msg == "Connection killed."
@@ -389,10 +388,10 @@ def test_responseheaders_exception_kills_the_flow(monkeypatch):
 
 def test_server_connect_exception_refuses(monkeypatch):
     addon, _ = make_addon()
-    monkeypatch.setattr(addon_module.decide, "upstream_allowance", lambda *a: 1 / 0)
+    monkeypatch.setattr(upstream.decide, "upstream_allowance", lambda *a: 1 / 0)
     data = _Data(("api.anthropic.com", 443))
     asyncio.run(addon.server_connect(data))
-    assert data.server.error == "bottle: internal error in upstream check (ZeroDivisionError)"
+    assert data.server.error == "bottle: internal error in bottle's server_connect check (ZeroDivisionError)"
 
 
 def test_websocket_history_is_trimmed_to_the_last_message():

@@ -28,7 +28,7 @@ RULES_WITH_API = [
 
 
 def addon(**changes):
-    return make_addon(git=GIT, github=GITHUB, rules=RULES_WITH_API, routes=[], **changes)
+    return make_addon(git=GIT, github=GITHUB, allow=RULES_WITH_API, routes=[], **changes)
 
 
 def push(addon_, body: bytes, path="/org/repo.git/git-receive-pack", chunk=50):

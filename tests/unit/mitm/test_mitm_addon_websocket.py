@@ -25,7 +25,7 @@ RULES = [
 
 def upgraded(fake=None, host="chat.test", **changes):
     """An addon and a websocket flow whose upgrade request the addon allowed; `fake` scans the messages."""
-    addon, lines = make_addon(FakeScanner(), rules=RULES, routes=[], **changes)
+    addon, lines = make_addon(FakeScanner(), allow=RULES, routes=[], **changes)
     f = run(addon, make_flow(method="GET", url=f"https://{host}/ws?session=abc"))
     assert lines[0]["decision"] == "allow"
     addon.scanner = fake or FakeScanner()

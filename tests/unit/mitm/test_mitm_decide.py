@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
-from bottle.mitm import decide
-from bottle.mitm.launcher import UpstreamRefused, filter_addresses
-from bottle.mitm.policy import parse_policy
+from bottle.mitm import credentials, decide
+from bottle.mitm.policy import host_matches, is_ip_literal, parse_policy
+from bottle.mitm.upstream import UpstreamRefused, filter_addresses
 from mitm_fixture import policy_text
 
 
@@ -20,17 +20,19 @@ from mitm_fixture import policy_text
     ("*.example.com", "example.com", False),
     ("*.example.com", "badexample.com", False),
     ("*.example.com", "example.com.evil.test", False),
+    ("*.Example.com.", "API.example.COM.", True),
 ])
 def test_host_matches(pattern, host, expected):
-    assert decide.host_matches(pattern, host) is expected
+    assert host_matches(pattern, host) is expected
 
 
 @pytest.mark.parametrize("host, expected", [
     ("1.2.3.4", True), ("::1", True), ("[::1]", True), ("fe80::1%eth0", True), ("example.com", False),
-    ("1.2.3.4.nip.io", False),
+    ("1.2.3.4.nip.io", False), ("127.1", True), ("0x7f.1", True), ("017700000001", True), ("1password.com", False),
+    ("123.example", False),
 ])
 def test_is_ip_literal(host, expected):
-    assert decide.is_ip_literal(host) is expected
+    assert is_ip_literal(host) is expected
 
 
 @pytest.mark.parametrize("ip, allow_private, expected", [
@@ -129,16 +131,16 @@ PAIRS = [(b"real-secret", b"<placeholder>"), (b"cmVhbC1zZWNyZXQ=", b"<placeholde
     (b"real-real-secret", b"real-<placeholder>", 1),
 ])
 def test_scrubber_replaces_a_secret_wherever_the_chunks_split_it(body, expected, count):
-    whole = decide.Scrubber(PAIRS)
+    whole = credentials.Scrubber(PAIRS)
     assert (whole.replace(body), whole.count) == (expected, count)
     for size in range(1, len(body) + 1):
-        scrubber = decide.Scrubber(PAIRS)
+        scrubber = credentials.Scrubber(PAIRS)
         out = b"".join(scrubber.feed(body[i:i + size]) for i in range(0, len(body), size)) + scrubber.feed(b"")
         assert (out, scrubber.count) == (expected, count), size
 
 
 def test_scrubber_holds_back_only_what_could_start_a_secret():
-    scrubber = decide.Scrubber([(b"real-secret", b"<p>")])
+    scrubber = credentials.Scrubber([(b"real-secret", b"<p>")])
     assert scrubber.feed(b"0123456789abcdef") == b"012345"
     assert scrubber.feed(b"") == b"6789abcdef"
 
@@ -152,6 +154,7 @@ def test_scrubber_holds_back_only_what_could_start_a_secret():
 def test_credential_scrubs_name_the_value_and_the_basic_form_sent(route_id, env, expected):
     policy = parse_policy(policy_text())
     route = next(r for r in policy.routes if r.id == route_id)
-    pairs = decide.credential_scrubs(route, env)
+    placeholder = policy.placeholders[route.token_ref]
+    pairs = credentials.credential_scrubs(route, placeholder, env)
     assert [real for real, _ in pairs] == expected
-    assert {placeholder for _, placeholder in pairs} == {route.placeholder.encode()}
+    assert {p for _, p in pairs} == {placeholder.encode()}

@@ -20,8 +20,9 @@ TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 def policy(**changes) -> GitPolicy:
     values = dict(
-        repositories=(GitRepository("git.repositories[0]", "github.com", "acme/widgets", "push"),
-                      GitRepository("git.repositories[1]", "gitlab.example.com", "group/sub/tool", "read")),
+        repositories=(GitRepository(id="git.repositories[0]", host="github.com", path="acme/widgets", access="push"),
+                      GitRepository(id="git.repositories[1]", host="gitlab.example.com", path="group/sub/tool",
+                                    access="read")),
         protected_branches=("main", "master"), push_branches=None,
         allow_force_push=False, allow_branch_deletion=False,
     )

@@ -11,8 +11,9 @@ from bottle.mitm.github import GraphQLSyntaxError, mutation_fields
 from bottle.mitm.policy import GithubDeny
 
 EXTRA = (
-    GithubDeny("github.deny[0]", "DELETE", "/repos/*/*/issues/*/comments/*", None, "no deleting comments"),
-    GithubDeny("github.deny[1]", None, None, "deleteIssue", "no deleting issues"),
+    GithubDeny(id="github.deny[0]", method="DELETE", path="/repos/*/*/issues/*/comments/*", graphql=None,
+               reason="no deleting comments"),
+    GithubDeny(id="github.deny[1]", method=None, path=None, graphql="deleteIssue", reason="no deleting issues"),
 )
 
 

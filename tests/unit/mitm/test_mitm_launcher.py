@@ -15,7 +15,6 @@ import pytest
 
 from bottle.mitm import launcher as launcher_module
 from bottle.mitm import receive
-from bottle.mitm.addon import BottleEgress
 from bottle.mitm.launcher import Launcher, read_policy
 from mitm_fixture import policy_text
 
@@ -27,7 +26,7 @@ def make_launcher(tmp_path, text):
     policy_path.write_text(text)
     launcher = Launcher(policy_path, confdir)
     launcher.policy, launcher.sha256 = read_policy(policy_path)
-    launcher.addon = BottleEgress(launcher.policy, scanner=object(), env={}, emit=lambda line: None)
+    launcher.runtime.replace(launcher.policy, object())
     return launcher
 
 
@@ -52,7 +51,7 @@ def test_sighup_with_broken_policy_keeps_the_old_one(tmp_path, capsys, new_text,
     old_policy, old_sha = launcher.policy, launcher.sha256
     (tmp_path / "policy.json").write_text(new_text)
     asyncio.run(reload_in_loop(launcher))
-    assert launcher.addon.policy is old_policy and launcher.sha256 == old_sha
+    assert launcher.runtime.policy is old_policy and launcher.sha256 == old_sha
     assert status(tmp_path) | {"pid": 0} == {"state": "error", "policy_sha256": old_sha, "error": message, "pid": 0}
     out, err = capsys.readouterr()
     assert f"bottle: {message}" in err
@@ -64,7 +63,7 @@ def test_sighup_with_valid_policy_swaps_it(tmp_path, capsys):
     new = policy_text(mode="discover")
     (tmp_path / "policy.json").write_text(new)
     asyncio.run(reload_in_loop(launcher))
-    assert launcher.addon.policy.mode == "discover"
+    assert launcher.runtime.policy.mode == "discover"
     assert status(tmp_path)["state"] == "serving"
     assert status(tmp_path)["policy_sha256"] == hashlib.sha256(new.encode()).hexdigest()
 

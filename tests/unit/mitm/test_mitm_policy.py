@@ -10,20 +10,20 @@ from mitm_fixture import POLICY, policy_dict
 
 def test_example_policy_parses_and_round_trips():
     policy = parse_policy(json.dumps(POLICY))
-    assert policy.rules[1].host == "*.githubusercontent.com"
+    assert policy.allow[1].host == "*.githubusercontent.com"
     assert policy.routes[0].header == "x-api-key"
     assert policy.dns.port == 53
     assert parse_policy(policy.to_json()) == policy
 
 
 def with_rule(**changes):
-    rule = dict(POLICY["rules"][0], **changes)
-    return policy_dict(rules=[rule])
+    rule = dict(POLICY["allow"][0], **changes)
+    return policy_dict(allow=[rule])
 
 
 def with_route(**changes):
     route = dict(POLICY["routes"][0], **changes)
-    return policy_dict(routes=[route])
+    return policy_dict(routes=[route], placeholders={route["token_ref"]: POLICY["placeholders"]["ANTHROPIC_API_KEY"]})
 
 
 def drop(key):
@@ -35,27 +35,31 @@ def drop(key):
 ERRORS = [
     ("{", "policy is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     ([], "policy: must be an object"),
-    (policy_dict(version=2), "version: unsupported policy version 2 (expected 1)"),
+    (policy_dict(version=1), "version: unsupported policy version 1 (expected 2)"),
     (policy_dict(extra=1), "policy: unknown key(s): extra"),
     (drop("clients"), "clients: required key is missing"),
     (policy_dict(mode="audit"), "mode: must be one of enforce, discover, got 'audit'"),
     (policy_dict(clients=["agent"]), "clients[0]: not an IP address: 'agent'"),
     (policy_dict(listen={"host": "0.0.0.0", "port": 0}), "listen.port: port out of range: 0"),
     (policy_dict(listen={"host": "0.0.0.0", "port": "80"}), "listen.port: expected an integer, got str"),
-    (with_rule(host="1.2.3.4"), "rules[0].host: IP literals are not allowed, name the host: '1.2.3.4'"),
-    (with_rule(host="api.*.com"), "rules[0].host: not a host name or *.suffix pattern: 'api.*.com'"),
-    (with_rule(paths=["v1"]), "rules[0].paths[0]: not a valid path prefix (must start with /): 'v1'"),
-    (with_rule(methods=[]), "rules[0].methods: must be null (any) or a non-empty list"),
-    (with_rule(methods=["get"]), "rules[0].methods[0]: not a valid HTTP method: 'get'"),
-    (with_rule(ports=[True]), "rules[0].ports[0]: expected an integer, got True"),
-    (with_rule(scan_body="no"), "rules[0].scan_body: expected true or false, got str"),
-    (with_rule(colour="red"), "rules[0]: unknown key(s): colour"),
+    (with_rule(host="1.2.3.4"), "allow[0].host: IP literals are not allowed, name the host: '1.2.3.4'"),
+    (with_rule(host="api.*.com"), "allow[0].host: not a host name or *.suffix pattern: 'api.*.com'"),
+    (with_rule(paths=["v1"]), "allow[0].paths[0]: not a valid path prefix (must start with /): 'v1'"),
+    (with_rule(methods=[]), "allow[0].methods: must be null (any) or a non-empty list"),
+    (with_rule(methods=["get"]), "allow[0].methods[0]: not a valid HTTP method: 'get'"),
+    (with_rule(ports=[True]), "allow[0].ports[0]: expected an integer, got True"),
+    (with_rule(scan_body="no"), "allow[0].scan_body: expected true or false, got str"),
+    (with_rule(colour="red"), "allow[0]: unknown key(s): colour"),
     (with_route(scheme="digest"), "routes[0].scheme: must be one of bearer, token, basic, header, got 'digest'"),
     (with_route(header=None), "routes[0].header: scheme header needs a valid header name"),
     (with_route(scheme="bearer"), "routes[0].header: only allowed with scheme header"),
     (with_route(token_ref="A-B"), "routes[0].token_ref: not a valid environment variable name: 'A-B'"),
-    (with_route(placeholder="short"), "routes[0].placeholder: must be at least 16 characters without spaces"),
-    (with_route(id="egress.allow[0]"), "rules/routes id: duplicate value 'egress.allow[0]'"),
+    (policy_dict(placeholders=dict(POLICY["placeholders"], ANTHROPIC_API_KEY="short")),
+     "placeholders.ANTHROPIC_API_KEY: must be at least 16 characters without spaces"),
+    (policy_dict(placeholders={}), "placeholders.ANTHROPIC_API_KEY: required key is missing"),
+    (policy_dict(placeholders=dict(POLICY["placeholders"], UNUSED="x" * 20)),
+     "placeholders.UNUSED: no route uses this token_ref"),
+    (with_route(id="egress.allow[0]"), "allow/routes id: duplicate value 'egress.allow[0]'"),
     (policy_dict(scanner=dict(POLICY["scanner"], url="https://p/api")),
      "scanner.url: must be an http:// URL with a host and path, got 'https://p/api'"),
     (policy_dict(scanner=dict(POLICY["scanner"], mode="warn")),

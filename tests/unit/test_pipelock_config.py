@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from bottle.mitm.pipelock_config import render_pipelock_config
+from bottle.launch.pipelock_config import render_pipelock_config
 
 
 def test_rendered_config_is_scan_only():

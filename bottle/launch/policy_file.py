@@ -1,0 +1,50 @@
+"""The proxy's policy file, made from a plan plus what is only known at launch.
+
+The format is the contract in bottle/mitm/policy.py: this module fills its types in, and
+`Policy.to_json()` writes the very document the proxy's `parse_policy()` reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from bottle.mitm.policy import Dns, Listen, Policy, ScannerConfig
+from bottle.plan import BottlePlan
+
+SCANNER_TIMEOUT_SECONDS = 10.0
+SCANNER_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def build_policy(
+    plan: BottlePlan,
+    *,
+    clients: Sequence[str],
+    listen_host: str,
+    listen_port: int,
+    scanner_url: str,
+    scanner_token: str,
+    placeholders: Mapping[str, str],
+    upstream_ca_path: str | None,
+    dns_host: str | None,
+    dns_port: int = 53,
+) -> Policy:
+    return Policy(
+        bottle=plan.bottle_id,
+        mode=plan.egress.mode,
+        listen=Listen(host=listen_host, port=listen_port),
+        clients=tuple(clients),
+        allow=plan.egress.allow,
+        routes=plan.egress.routes,
+        placeholders={ref: placeholders[ref] for ref in plan.egress.token_refs},
+        scanner=ScannerConfig(url=scanner_url, token=scanner_token, mode=plan.scanner.mode,
+                              timeout_seconds=SCANNER_TIMEOUT_SECONDS, max_body_bytes=SCANNER_MAX_BODY_BYTES),
+        upstream_ca=upstream_ca_path,
+        dns=Dns(host=dns_host, port=dns_port) if dns_host else None,
+        git=plan.git,
+        github_deny=plan.github_deny,
+    )
+
+
+def render_policy(plan: BottlePlan, **launch_facts) -> str:
+    """The policy JSON the egress proxy enforces."""
+    return build_policy(plan, **launch_facts).to_json()

@@ -1,0 +1,34 @@
+"""The proxy's addons, in the order mitmproxy calls them for every hook.
+
+1. RequestPipeline  decides every request (the order of its steps is the security argument)
+2. GitPushReport    replaces upstream's answer to a refused push with bottle's report
+3. ResponseFilter   streams answers back, scrubbed of the real credential
+4. WebSocketScanner scans the agent's websocket messages before they are forwarded
+5. UpstreamGuard    refuses upstream connections the policy does not name
+6. RequestLog       last, so it logs each flow's final decision
+
+All share one Runtime (policy + scanner client), so a reload changes them together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bottle.mitm.pipeline import RequestPipeline
+from bottle.mitm.push import GitPushReport
+from bottle.mitm.requestlog import RequestLog
+from bottle.mitm.responses import ResponseFilter
+from bottle.mitm.state import Runtime
+from bottle.mitm.upstream import UpstreamGuard
+from bottle.mitm.websocket import WebSocketScanner
+
+
+def make_addons(runtime: Runtime) -> list[Any]:
+    return [
+        RequestPipeline(runtime),
+        GitPushReport(),
+        ResponseFilter(),
+        WebSocketScanner(runtime),
+        UpstreamGuard(runtime),
+        RequestLog(runtime),
+    ]

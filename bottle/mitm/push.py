@@ -1,0 +1,89 @@
+"""Git pushes stream through a PushInspector: nothing reaches upstream until it is allowed.
+
+mitmproxy sends the request head upstream when streaming starts, so a refused push still
+sends upstream a head with an empty chunked body, which git answers without changing
+anything; `GitPushReport` replaces that answer with bottle's per-ref report, which git
+prints for each refused ref (docs/prds/0004-git-push-policy.md).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from bottle.mitm import decide, git
+from bottle.mitm.policy import Policy
+from bottle.mitm.state import FlowState, fail_closed
+
+
+def check_encoding(req: http.Request, rule_id: str | None) -> tuple[decide.Verdict, str] | None:
+    encoding = req.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return decide.block(415, f"git push with content-encoding {encoding} is not supported", rule_id), "text"
+    return None
+
+
+def start(flow: http.HTTPFlow, st: FlowState, policy: Policy) -> None:
+    """Stream the push body through an inspector; called once every other step passed."""
+    assert policy.git is not None
+    req = flow.request
+    st.push = git.PushInspector(policy.git)
+    # The body's length is unknown until the decision (a refused push sends an empty
+    # body), so an HTTP/1 upstream gets it chunked; mitmproxy strips the header when
+    # it converts an HTTP/1 request for an HTTP/2 upstream.
+    req.headers.pop("content-length", None)
+    if not (req.is_http2 and flow.server_conn.alpn == b"h2"):
+        req.headers["transfer-encoding"] = "chunked"
+    req.stream = _stream(st, st.push)
+
+
+def _stream(st: FlowState, inspector: git.PushInspector) -> Callable[[bytes], list[bytes]]:
+    released = False
+
+    # A list, never b"": mitmproxy sends each returned chunk, and an empty chunk in a
+    # chunked body is its terminator.
+    def stream(chunk: bytes) -> list[bytes]:
+        nonlocal released
+        st.bytes_up += len(chunk)
+        if released:
+            return [chunk] if chunk else []
+        try:
+            if chunk:
+                inspector.feed(chunk)
+            else:
+                inspector.finish()
+        except Exception as e:
+            print(f"bottle: push inspection failed, refusing: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            inspector.refuse_all("git.push", f"bottle: internal error reading the push ({type(e).__name__})")
+        if not inspector.decided or inspector.refusals:
+            return []
+        released = True
+        out, inspector.held = bytes(inspector.held), bytearray()
+        return [out] if out else []
+
+    return stream
+
+
+class GitPushReport:
+    """Replaces upstream's answer to a refused push with bottle's receive-pack report."""
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st = FlowState.of(flow)
+        if st.push is not None and st.push.refusals:
+            st.blocked = True  # the answer is replaced in `response`; nothing else touches it
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        st = FlowState.of(flow)
+        if st.push is None or not st.push.refusals:
+            return
+        rule_id, reason = st.push.first_refusal
+        st.decision, st.rule, st.reason, st.blocked, st.scrubber = "block", rule_id, reason, True, None
+        flow.response = http.Response.make(200, st.push.report(), {
+            "content-type": "application/x-git-receive-pack-result", "cache-control": "no-cache",
+            "x-bottle-decision": "block", "x-bottle-rule": rule_id,
+        })
