@@ -107,7 +107,9 @@ def main() -> int:
     if not scanner_image:
         print("start_time: set BOTTLE_PIPELOCK_IMAGE to a local pipelock image", file=sys.stderr)
         return 2
-    for image in (agent_image, "bottle/proxy:0.1.0", scanner_image):
+    from bottle.plan import proxy_image
+
+    for image in (agent_image, proxy_image(os.environ), scanner_image):
         if subprocess.run([docker, "image", "inspect", image], capture_output=True, timeout=60).returncode != 0:
             print(f"start_time: image {image} is missing (scripts/test or `bottle build` makes it)", file=sys.stderr)
             return 2

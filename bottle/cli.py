@@ -76,10 +76,11 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     """
     from bottle.backend.docker.plan import docker_plan
     from bottle.manifest import load_manifest
-    from bottle.plan import build_plan, new_run_id
+    from bottle.plan import build_plan, new_run_id, proxy_image
 
     loaded = load_manifest(manifest)
-    plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None)
+    plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
+                      proxy_image=proxy_image(os.environ))
     dplan = docker_plan(plan)
     if dry_run:
         if output_format == "json":
@@ -131,6 +132,7 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
     """Build bottle's images (proxy and agent; pipelock with --pipelock-source)."""
     from bottle.backend.docker.build import build_images, parse_base_images
     from bottle.pipelock_source import PIPELOCK_SOURCE_SHA256, resolve_source
+    from bottle.plan import proxy_image
 
     if pipelock_sha256 is not None and pipelock_source is None:
         raise click.UsageError("--pipelock-sha256 needs --pipelock-source")
@@ -142,6 +144,7 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
                        "only an archive can be checked against a sha256", err=True)
     build_images(
         parse_base_images(base_images),
+        proxy_tag=proxy_image(os.environ),
         ca_cert=ca_cert,
         only=only,
         no_cache=no_cache,

@@ -20,6 +20,13 @@ from bottle.manifest import Manifest
 from bottle.mitm.policy import AllowRule, GithubDeny, GitPolicy, GitRepository, Route
 
 PROXY_IMAGE = f"bottle/proxy:{__version__}"
+PROXY_IMAGE_ENV = "BOTTLE_PROXY_IMAGE"
+
+
+def proxy_image(env: Mapping[str, str]) -> str:
+    """The proxy image `bottle build` tags and `bottle start` runs: $BOTTLE_PROXY_IMAGE, or
+    bottle/proxy:<version> (e.g. to run a copy pushed to your own registry)."""
+    return env.get(PROXY_IMAGE_ENV) or PROXY_IMAGE
 PROXY_PORT = 8080
 SCANNER_PORT = 9090
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bottle.plan import proxy_image
 from tests.support.certs import make_upstream_pki
 from tests.support.prereq import missing
 
@@ -43,7 +44,7 @@ def engine() -> None:
         ok = False
     if not ok:
         missing(f"no Docker engine answers `{DOCKER} info`")
-    for image in ("bottle/proxy:0.1.0", "bottle/agent:0.1.0", UPSTREAM_IMAGE):
+    for image in (proxy_image(os.environ), "bottle/agent:0.1.0", UPSTREAM_IMAGE):
         if docker("image", "inspect", image, check=False).returncode != 0:
             missing(f"image {image} is not built (scripts/test builds it)")
 

@@ -112,6 +112,7 @@ def build_images(
     docker: DockerCLI | None = None,
     pipelock_source: PipelockSource | None = None,
     env: Mapping[str, str] | None = None,
+    proxy_tag: str = PROXY_IMAGE,
 ) -> None:
     env = os.environ if env is None else env
     if only == "pipelock" and pipelock_source is None:
@@ -122,7 +123,8 @@ def build_images(
     docker = docker or DockerCLI()
     prefix, extra_env = buildkit_command(docker)
     with build_context() as root:
-        _build(docker, root, prefix, extra_env, base_images, ca_cert=ca_cert, only=only, no_cache=no_cache)
+        _build(docker, root, prefix, extra_env, base_images, ca_cert=ca_cert, only=only, no_cache=no_cache,
+               tags={"proxy": proxy_tag})
         if pipelock_source is not None and only in (None, "pipelock"):
             binary = build_binary(pipelock_source, cache_dir=default_cache_dir(env), env=env)
             _build_pipelock(docker, root, prefix, extra_env, binary, pipelock_source, no_cache=no_cache)
@@ -145,10 +147,11 @@ def _build_pipelock(docker, root, prefix, extra_env, binary: Path, source: Pipel
         _run_build(docker, [*argv, str(context)], extra_env, PIPELOCK_IMAGE, "Dockerfile.pipelock", "scratch")
 
 
-def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_cache) -> None:
+def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_cache, tags) -> None:
     for name, (dockerfile, tag, kind, default_base) in IMAGES.items():
         if only and name != only:
             continue
+        tag = tags.get(name, tag)
         argv = [*prefix, "--progress=plain", "--file", str(root / dockerfile), "--tag", tag,
                 "--build-arg", f"BASE_IMAGE={base_images.get(kind, default_base)}"]
         if ca_cert:
