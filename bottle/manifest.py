@@ -99,6 +99,14 @@ ALLOW_RULE = Obj(
                  "packfiles; the URL and headers are still scanned and the body is streamed."),
             default=True,
         ),
+        "max_label_entropy": Field(
+            Num(exclusive_minimum=0, maximum=8,
+                description="For `*.` rules only: a host name whose labels under the wildcard look "
+                "like encoded data is refused (a run of 16+ characters that is all hex digits or has "
+                "more entropy per character than this, or more than 4 labels), so data cannot leave "
+                "in host names. Bits per character; default 3.5; 6 or more turns the check off."),
+            default=contract.DEFAULT_MAX_LABEL_ENTROPY,
+        ),
     },
 )
 
@@ -474,6 +482,11 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
         if is_ip_literal(rule["host"].removeprefix("*.")):
             problems.append(Problem(("egress", "allow", i, "host"), "a DNS name (IP addresses are always refused)",
                                     f"string {rule['host']!r}"))
+        if (rule["max_label_entropy"] != contract.DEFAULT_MAX_LABEL_ENTROPY
+                and not rule["host"].startswith("*.")):
+            problems.append(Problem(("egress", "allow", i, "max_label_entropy"),
+                                    "no max_label_entropy on an exact host (it applies to *. rules only)",
+                                    f"number {rule['max_label_entropy']!r}"))
     for i, route in enumerate(egress["routes"]):
         at = ("egress", "routes", i)
         auth = route["auth"]

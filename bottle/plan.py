@@ -143,6 +143,7 @@ def build_plan(
                     ports=tuple(rule["ports"]),
                     private_upstream=rule["private_upstream"],
                     scan_body=rule["scan_body"],
+                    max_label_entropy=float(rule["max_label_entropy"]),
                 )
                 for i, rule in enumerate(egress["allow"])
             ),

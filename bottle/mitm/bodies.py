@@ -1,10 +1,18 @@
-"""Unpack a request body into the strings the DLP scanner should see."""
+"""A request body as the texts the DLP scanner must see.
+
+Principle: whatever bytes go upstream are what gets scanned. The scanner sees the raw
+body (after undoing Content-Encoding) as text, so nothing a server's parser might read
+differently escapes it (a multipart preamble, part headers, a second boundary, a form
+value's base64 padding), and, after it, the strings a parser decodes from it (JSON
+escapes, percent-encoding, a part's Content-Transfer-Encoding or charset), in document
+order so a key split across two adjacent fields can still be rejoined, with every pair
+of a JSON object (a duplicate key included).
+"""
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
-import io
 import json
 import zlib
 from collections.abc import Iterator
@@ -23,7 +31,7 @@ class UnscannableBody(Exception):
 def unpack_body(
     body: bytes, content_type: str | None, content_encoding: str | None, max_bytes: int
 ) -> list[str]:
-    """Strings to scan: JSON keys and leaves, form fields, text multipart parts, or the text."""
+    """The texts to scan: the decoded raw body first, then what a parser makes of it."""
     if len(body) > max_bytes:
         raise UnscannableBody(f"request body of {len(body)} bytes exceeds the scan limit of {max_bytes}", 413)
     body = decode_content(body, content_encoding, max_bytes)
@@ -31,18 +39,24 @@ def unpack_body(
         return []
     mime, _, _ = (content_type or "").partition(";")
     mime = mime.strip().lower()
-    if mime == "application/json" or mime.endswith("+json"):
-        text = _utf8(body, mime)
-        try:
-            return list(_json_strings(json.loads(text)))
-        except (json.JSONDecodeError, RecursionError):
-            return [text]
-    if mime == "application/x-www-form-urlencoded":
-        text = _utf8(body, mime)
-        return [s for pair in parse_qsl(text, keep_blank_values=True) for s in pair]
     if mime == "multipart/form-data":
-        return _multipart_strings(body, content_type or "")
-    return [_utf8(body, mime or "unknown")]
+        parsed = _multipart_strings(body, content_type or "")
+        raw = body.decode("utf-8", "replace")
+    else:
+        raw = _utf8(body, mime or "unknown")
+        parsed = _parsed_strings(raw, mime)
+    return [raw, *(s for s in parsed if s != raw)]
+
+
+def _parsed_strings(text: str, mime: str) -> list[str]:
+    if mime == "application/json" or mime.endswith("+json"):
+        try:
+            return list(json_strings(json.loads(text, object_pairs_hook=_Pairs)))
+        except (json.JSONDecodeError, RecursionError):
+            return []
+    if mime == "application/x-www-form-urlencoded":
+        return [s for pair in parse_qsl(text, keep_blank_values=True) for s in pair]
+    return []
 
 
 def decode_content(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
@@ -58,6 +72,8 @@ def decode_content(body: bytes, content_encoding: str | None, max_bytes: int) ->
             body = decoder(body, max_bytes)
         except UnscannableBody:
             raise
+        except TrailingData:
+            raise UnscannableBody(f"{coding} body has data after its end, which cannot be scanned", 415) from None
         except Exception as e:
             raise UnscannableBody(f"{coding} body could not be decoded: {type(e).__name__}", 415) from None
     return body
@@ -67,29 +83,47 @@ def _too_big(max_bytes: int) -> UnscannableBody:
     return UnscannableBody(f"decoded request body exceeds the scan limit of {max_bytes} bytes", 413)
 
 
-def _zlib(body: bytes, max_bytes: int, wbits: int) -> bytes:
-    d = zlib.decompressobj(wbits)
-    out = d.decompress(body, max_bytes + 1)
-    if len(out) > max_bytes or d.unconsumed_tail:
-        raise _too_big(max_bytes)
-    out += d.flush()
-    if len(out) > max_bytes:
-        raise _too_big(max_bytes)
-    if not d.eof:
-        raise ValueError("truncated stream")
-    return out
+class TrailingData(ValueError):
+    pass
+
+
+def _zlib_members(body: bytes, max_bytes: int, wbits: int, *, multi: bool) -> bytes:
+    """Every member of a zlib/gzip stream (gzip allows several, and servers read them all);
+    bytes after the last one are refused: a server might read them as more body."""
+    out = b""
+    data = body
+    while True:
+        d = zlib.decompressobj(wbits)
+        try:
+            out += d.decompress(data, max_bytes + 1 - len(out))
+        except zlib.error:
+            if data is body:
+                raise
+            raise TrailingData("data after the end of the compressed body") from None
+        if len(out) > max_bytes or d.unconsumed_tail:
+            raise _too_big(max_bytes)
+        out += d.flush()
+        if len(out) > max_bytes:
+            raise _too_big(max_bytes)
+        if not d.eof:
+            raise ValueError("truncated stream")
+        data = d.unused_data
+        if not data:
+            return out
+        if not multi:
+            raise TrailingData("data after the end of the compressed body")
 
 
 def _gzip(body: bytes, max_bytes: int) -> bytes:
-    return _zlib(body, max_bytes, 16 + zlib.MAX_WBITS)
+    return _zlib_members(body, max_bytes, 16 + zlib.MAX_WBITS, multi=True)
 
 
 def _deflate(body: bytes, max_bytes: int) -> bytes:
     try:
-        return _zlib(body, max_bytes, zlib.MAX_WBITS)
+        return _zlib_members(body, max_bytes, zlib.MAX_WBITS, multi=False)
     except zlib.error:
         # Some clients send raw deflate without the zlib header.
-        return _zlib(body, max_bytes, -zlib.MAX_WBITS)
+        return _zlib_members(body, max_bytes, -zlib.MAX_WBITS, multi=False)
 
 
 def _br(body: bytes, max_bytes: int) -> bytes:
@@ -97,20 +131,33 @@ def _br(body: bytes, max_bytes: int) -> bytes:
 
     d = brotli.Decompressor()
     out = d.process(body, output_buffer_limit=max_bytes + 1)
-    if len(out) > max_bytes or not d.is_finished():
-        if len(out) > max_bytes or not d.can_accept_more_data():
+    if len(out) > max_bytes:
+        raise _too_big(max_bytes)
+    if not d.is_finished():
+        if not d.can_accept_more_data():
             raise _too_big(max_bytes)
         raise ValueError("truncated stream")
     return out
 
 
 def _zstd(body: bytes, max_bytes: int) -> bytes:
+    import io
+
     import zstandard
 
+    # Bounded first (a frame can expand without limit), then frame by frame to prove that
+    # every frame is complete and nothing follows the last one.
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body), read_across_frames=True)
     out = reader.read(max_bytes + 1)
     if len(out) > max_bytes:
         raise _too_big(max_bytes)
+    data = body
+    while data:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        d.decompress(data)
+        if not d.eof:
+            raise ValueError("truncated stream")
+        data = d.unused_data
     return out
 
 
@@ -124,16 +171,25 @@ def _utf8(body: bytes, what: str) -> str:
         raise UnscannableBody(f"binary {what} body cannot be scanned", 415) from None
 
 
-def _json_strings(value: object) -> Iterator[str]:
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in document order, duplicates kept."""
+
+
+def json_strings(value: object) -> Iterator[str]:
+    """Keys and leaves of a JSON document in document order (iteratively: no recursion limit)."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
-            for k, v in item.items():
-                yield str(k)
-                stack.append(v)
+        if isinstance(item, _Pairs):
+            for key, child in reversed(item):
+                stack.append(child)
+                stack.append(str(key))
+        elif isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                stack.append(child)
+                stack.append(str(key))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend(reversed(item))
         elif isinstance(item, str):
             yield item
         elif isinstance(item, bool):
@@ -163,3 +219,23 @@ def _multipart_strings(body: bytes, content_type: str) -> list[str]:
         except (UnicodeDecodeError, LookupError):
             raise UnscannableBody(f"binary multipart part {name or '?'} cannot be scanned", 415) from None
     return out
+
+
+def request_text(
+    request_line: str,
+    headers: list[tuple[str, str]],
+    body_texts: list[str],
+    trailers: list[tuple[str, str]],
+    *,
+    placeholder_header: str | None = None,
+) -> str:
+    """Everything of a request that goes upstream, as one text for the DLP scan: the
+    request line (method and URL), each header as `name: value`, the body's texts and the
+    trailers. Only the value of a credential route's own header (checked to hold the
+    placeholder) is left out."""
+    lines = [request_line]
+    for name, value in headers:
+        lines.append(f"{name}: " if placeholder_header and name.lower() == placeholder_header else f"{name}: {value}")
+    lines += body_texts
+    lines += [f"{name}: {value}" for name, value in trailers]
+    return "\n".join(lines)

@@ -6,10 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from bottle.mitm.decide import ALLOW, Verdict, block
 from bottle.mitm.policy import Policy, Route, host_matches, method_matches, path_matches
+
+if TYPE_CHECKING:
+    from bottle.mitm.state import FlowState
 
 
 class CredentialMissingError(Exception):
@@ -23,6 +28,25 @@ def find_route(policy: Policy, host: str, method: str, path: str) -> Route | Non
     return None
 
 
+def off_route_placeholders(policy: Policy, route: Route | None) -> dict[str, str]:
+    """token_ref -> placeholder for every placeholder that must not travel on this request."""
+    return {ref: p for ref, p in policy.placeholders.items() if route is None or ref != route.token_ref}
+
+
+def _off_route(policy: Policy, ref: str) -> Verdict:
+    home = next(r.id for r in policy.routes if r.token_ref == ref)
+    return block(403, f"credential placeholder for {ref} sent outside its route {home}", home)
+
+
+def check_placeholders_in(policy: Policy, route: Route | None, texts: Iterable[str]) -> Verdict:
+    """No placeholder of another route anywhere in these texts (a body's raw and parsed forms)."""
+    texts = list(texts)
+    for ref, placeholder in off_route_placeholders(policy, route).items():
+        if any(placeholder in text for text in texts):
+            return _off_route(policy, ref)
+    return ALLOW
+
+
 def check_credentials(
     policy: Policy,
     route: Route | None,
@@ -32,12 +56,10 @@ def check_credentials(
 ) -> Verdict:
     """Placeholders only travel to their own route; routed requests carry only the placeholder."""
     headers = list(headers)
-    for ref, placeholder in policy.placeholders.items():
-        if route is not None and ref == route.token_ref:
-            continue
-        if placeholder in url or any(placeholder in v for _, v in headers):
-            home = next(r.id for r in policy.routes if r.token_ref == ref)
-            return block(403, f"credential placeholder for {ref} sent outside its route {home}", home)
+    url_forms = (url, unquote_to_bytes(url).decode("utf-8", "replace"))
+    texts = [*url_forms, *(f"{k}: {v}" for k, v in headers)]
+    if not (verdict := check_placeholders_in(policy, route, texts)).allowed:
+        return verdict
     if route is None:
         return ALLOW
     if scheme != "https":
@@ -140,3 +162,53 @@ class Scrubber:
             end = match.end()
             self.count += 1
         return b"".join(parts), end
+
+
+class PlaceholderGuard:
+    """Watches a streamed body for placeholders that must not travel on it.
+
+    Bytes go on only once it is certain no placeholder starts in them (like Scrubber, the
+    last len(longest)-1 bytes wait for the next chunk). On a find, nothing more is sent and
+    `found` names the token_ref; the flow is then cut off.
+    """
+
+    def __init__(self, placeholders: Mapping[str, str]) -> None:
+        self._by_bytes = {p.encode(): ref for ref, p in placeholders.items()}
+        longest = max((len(p) for p in self._by_bytes), default=0)
+        self._pattern = re.compile(b"|".join(re.escape(p) for p in self._by_bytes)) if self._by_bytes else None
+        self._keep = max(longest - 1, 0)
+        self._carry = b""
+        self.found: str | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What may be sent now; b"" at the end flushes what was held back."""
+        if self.found is not None:
+            return b""
+        if self._pattern is None:
+            return chunk
+        data, self._carry = self._carry + chunk, b""
+        if (match := self._pattern.search(data)) is not None:
+            self.found = self._by_bytes[match.group()]
+            return b""
+        if not chunk:
+            return data
+        cut = max(0, len(data) - self._keep)
+        self._carry = data[cut:]
+        return data[:cut]
+
+
+def guarded_stream(st: FlowState, policy: Policy) -> Callable[[bytes], list[bytes]]:
+    """The stream function of a body that is not scanned: counted, and cut off at the first
+    placeholder of another route."""
+    guard = PlaceholderGuard(off_route_placeholders(policy, st.route))
+
+    # A list, never b"": an empty chunk in a chunked body is its terminator.
+    def stream(chunk: bytes) -> list[bytes]:
+        st.bytes_up += len(chunk)
+        out = guard.feed(chunk)
+        if guard.found is not None and not st.blocked:
+            verdict = _off_route(policy, guard.found)
+            st.decision, st.rule, st.reason, st.blocked = "block", verdict.rule_id, verdict.reason, True
+        return [out] if out else []
+
+    return stream

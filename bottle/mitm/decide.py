@@ -8,6 +8,7 @@ verdict here, in one place; IP literals and misdirected requests stay refused in
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from bottle.mitm.policy import (
     path_matches,
     split_authority,
 )
+from bottle.mitm.redact import loggable_host, loggable_method, loggable_path, shannon_entropy
 
 _METADATA_IPS = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
@@ -103,18 +105,60 @@ def check_ip_literal(host: str) -> Verdict:
 
 
 def check_connect(policy: Policy, host: str, port: int) -> Verdict:
-    """CONNECT target check; IP literals stay blocked even in discover mode."""
+    """CONNECT target check; IP literals and the scanner stay refused even in discover mode."""
     if not (v := check_ip_literal(host)).allowed:
         return v
+    if normalize_host(host) == scanner_target(policy)[0]:
+        return block(403, "the scanner is not a destination")
+    shown = loggable_host(normalize_host(host))
     rules = rules_for_host(policy, host)
     if not rules:
-        return _discover(policy, block(403, f"no rule allows host {normalize_host(host)}"))
+        return _discover(policy, block(403, f"no rule allows host {shown}"))
     if not any(port in r.ports for r in rules):
-        return _discover(
-            policy,
-            block(403, f"port {port} is not allowed for host {normalize_host(host)} by {rules[0].id}", rules[0].id),
-        )
+        return _discover(policy, block(403, f"port {port} is not allowed for host {shown} by {rules[0].id}",
+                                       rules[0].id))
+    if not any(_label_check(r, host) is None for r in rules):
+        rule = rules[0]
+        return _discover(policy, block(403, f"host {shown} under {rule.host}: {_label_check(rule, host)}", rule.id))
     return ALLOW
+
+
+# Past this many labels under a wildcard, a host name is treated as carrying data.
+MAX_WILDCARD_LABELS = 4
+LABEL_CHECK_OFF = 6.0  # no label is above this entropy; max_label_entropy >= it turns the check off
+_SEPARATORS = re.compile(r"[-_]")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+def encoded_labels(subdomain: str, max_entropy: float) -> str | None:
+    """Why the labels a wildcard lets the agent choose look like encoded data, or None.
+
+    Data hidden in host names (`<hex of a secret>.exfil.example.com`) shows as long runs
+    of hex digits, or long runs with more entropy per character than names have, or many
+    labels. Each run between dashes is judged on its own, so `my-company-artifacts` is a name.
+    """
+    if max_entropy >= LABEL_CHECK_OFF:
+        return None
+    labels = subdomain.split(".")
+    if len(labels) > MAX_WILDCARD_LABELS:
+        return f"{len(labels)} labels look like encoded data (at most {MAX_WILDCARD_LABELS} under a wildcard)"
+    for label in labels:
+        for run in _SEPARATORS.split(label):
+            if len(run) < 16:
+                continue
+            if _HEX.fullmatch(run):
+                return f"a label of {len(run)} hex digits looks like encoded data"
+            if (entropy := shannon_entropy(run)) > max_entropy:
+                return (f"a label of {len(run)} characters with {entropy:.2f} bits of entropy per character looks "
+                        f"like encoded data (max_label_entropy {max_entropy:g})")
+    return None
+
+
+def _label_check(rule: AllowRule, host: str) -> str | None:
+    if not rule.host.startswith("*."):
+        return None
+    host = normalize_host(host)
+    return encoded_labels(host[: len(host) - len(rule.host) + 1], rule.max_label_entropy)
 
 
 def check_request(policy: Policy, host: str, port: int, method: str, path: str) -> Verdict:
@@ -124,11 +168,35 @@ def check_request(policy: Policy, host: str, port: int, method: str, path: str) 
     if rule := find_rule(policy, host, port, method, path):
         return Verdict(True, 200, rule.id, "")
     candidates = [r for r in rules_for_host(policy, host) if port in r.ports]
-    shown = redact_query(path)
-    return _discover(
-        policy,
-        block(403, f"{method} {shown} is not allowed for {normalize_host(host)} by {candidates[0].id}", candidates[0].id),
-    )
+    return _discover(policy, block(
+        403, f"{loggable_method(method)} {loggable_path(path)} is not allowed for "
+             f"{loggable_host(normalize_host(host))} by {candidates[0].id}", candidates[0].id))
+
+
+def authority_host(authority: str) -> str | None:
+    return split_authority(authority) if authority else None
+
+
+def check_target(host: str, port: int, scheme: str, authority: str, path: str, method: str) -> Verdict:
+    """The request target names the connection's host (RFC 9112 3.2.2: servers route on an
+    absolute-form target, and on HTTP/2's :authority and :path, whatever the Host header)."""
+    if not (path.startswith("/") or (path == "*" and method.upper() == "OPTIONS")):
+        return block(421, "misdirected request: the request target is not origin-form (a path starting with /)")
+    if authority:
+        named = split_authority(authority)
+        named_port = _authority_port(authority) or (443 if scheme == "https" else 80)
+        if (named, named_port) != (normalize_host(host), port):
+            return block(421, f"misdirected request: the request names {loggable_host(named)}:{named_port} but "
+                              f"its connection is to {loggable_host(normalize_host(host))}:{port}")
+    return ALLOW
+
+
+def _authority_port(authority: str) -> int | None:
+    tail = authority.rsplit("]", 1)[-1]
+    if ":" in tail:
+        digits = tail.rsplit(":", 1)[1]
+        return int(digits) if digits.isdigit() else -1
+    return None
 
 
 def check_fronting(connect_host: str, sni: str | None, host_header: str | None) -> Verdict:
@@ -139,23 +207,9 @@ def check_fronting(connect_host: str, sni: str | None, host_header: str | None) 
     if host_header:
         names["Host"] = split_authority(host_header)
     if len(set(names.values())) > 1:
-        shown = ", ".join(f"{k} {v}" for k, v in names.items())
+        shown = ", ".join(f"{k} {loggable_host(v)}" for k, v in names.items())
         return block(421, f"misdirected request: {shown} do not agree")
     return ALLOW
-
-
-def redact_query(path: str) -> str:
-    """Keep query keys, replace every value with REDACTED."""
-    if "?" not in path:
-        return path
-    base, query = path.split("?", 1)
-    out = []
-    for part in query.split("&"):
-        if "=" in part:
-            out.append(part.split("=", 1)[0] + "=REDACTED")
-        else:
-            out.append(part)
-    return base + "?" + "&".join(out)
 
 
 def upstream_allowance(policy: Policy, host: str, port: int | None = None) -> bool | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from bottle.mitm.policy import GithubDeny, clean_path
+from bottle.mitm.policy import GitPolicy, GithubDeny, clean_path
 
 HOST = "api.github.com"
 _ANY = ("PUT", "POST", "DELETE", "PATCH")
@@ -256,8 +256,14 @@ def _top_level_fields(r: _Reader) -> list[str]:
     return fields
 
 
-def check(deny: tuple[GithubDeny, ...], method: str, path: str, body: bytes | None) -> Refusal | None:
-    """All refusals for one api.github.com request; body None means headers-only (REST)."""
+def needs_body(host: str, method: str, path: str) -> bool:
+    """Whether deciding this request needs its body (e.g. the branch a REST write names)."""
+    return False
+
+
+def check(deny: tuple[GithubDeny, ...], git: GitPolicy | None, method: str, path: str,
+          body: bytes | None) -> Refusal | None:
+    """All refusals for one api.github.com request; body None means headers-only."""
     rules = DEFAULT_DENY + deny
     if (refusal := check_rest(rules, method, path)) is not None:
         return refusal

@@ -144,6 +144,8 @@ class Launcher:
             termlog_verbosity="warn",
             store_streamed_bodies=False,
             ssl_verify_upstream_trusted_ca=str(self.trust_path),
+            # Bounds only request bodies bottle buffers to scan (bottle.mitm.patches).
+            body_size_limit=str(self.policy.scanner.max_body_bytes),
         )
         if "flow_detail" in opts:  # only exists with the dumper, which we leave out
             opts.update(flow_detail=0)
@@ -187,6 +189,8 @@ class Launcher:
             if policy.upstream_ca != self.policy.upstream_ca:
                 write_trust_bundle(policy, self.trust_path)
                 self.master.options.update(ssl_verify_upstream_trusted_ca=str(self.trust_path))
+            if policy.scanner.max_body_bytes != self.policy.scanner.max_body_bytes:
+                self.master.options.update(body_size_limit=str(policy.scanner.max_body_bytes))
         except Exception as e:
             message = f"policy reload failed, keeping the previous policy: {e}"
             print(f"bottle: {message}", file=sys.stderr, flush=True)
@@ -232,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     import mitmproxy.tools.dump  # noqa: F401
 
     import bottle.mitm.addons  # noqa: F401
+    from bottle.mitm import patches
+
+    patches.install()
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:

@@ -3,19 +3,23 @@
 Every request passes these steps top-down, and the first refusal ends it:
 
     client      the connection comes from this bottle's agent
+    target      the request names its tunnel's host (origin-form, or the tunnel's authority)
     fronting    CONNECT target, TLS SNI and Host name the same host
-    allow       a rule allows host, port, method and path (discover: logged, passed)
+    allow       a rule allows host, port, method and path (discover: logged, passed);
+                the scanner itself is never a destination
     credentials placeholders stay on their routes; the real credential is available
     git/GitHub  repository allowlist and push policy; GitHub API refusals
-    body        bounded, decoded and unpacked into the strings pipelock will see
-    scan        pipelock's verdict on URL, headers and body (audit: logged, passed)
+    body        bounded, decoded and unpacked into the texts pipelock will see; no
+                placeholder off its route
+    scan        pipelock's verdict on the request line, headers, body and trailers
+                (audit: logged, passed)
     inject      only now is the placeholder replaced with the real credential
 
 Headers-stage steps run in `requestheaders`, body-stage steps in `request`; a body that
-streams (git pushes, `scan_body: false`) is decided entirely in `requestheaders`, because
-streamed bytes leave before `request` runs. The decisions themselves are pure functions
-in decide, credentials, git, github and bodies; this module turns flows into their
-arguments and their verdicts into answers.
+streams (git pushes, `scan_body: false`) is decided in `requestheaders` (its bytes leave
+before `request` runs) and guarded while it streams. The decisions themselves are pure
+functions in decide, credentials, git, github and bodies; this module turns flows into
+their arguments and their verdicts into answers.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import dataclasses
 from mitmproxy import http
 
 from bottle.mitm import credentials, decide, git, github, push
-from bottle.mitm.bodies import UnscannableBody, decode_content, unpack_body
+from bottle.mitm.bodies import UnscannableBody, decode_content, request_text, unpack_body
 from bottle.mitm.policy import AllowRule, Policy, normalize_host
 from bottle.mitm.scanner import ScannerUnavailable, scan_request
 from bottle.mitm.state import FlowState, Runtime, fail_closed, refuse
@@ -75,10 +79,24 @@ class RequestPipeline:
         if flow.response is not None:
             return
         r = self._request(flow)
-        for step in (self._client, self._fronting, self._allow, self._credentials, self._git, self._github_api):
+        for step in (self._client, self._target, self._fronting, self._allow, self._credentials, self._git,
+                     self._github_api):
             if (refusal := step(r)) is not None:
                 return refuse(flow, *refusal)
         await self._headers_decide_body(r)
+
+    @fail_closed
+    async def bottle_request_streamed(self, flow: http.HTTPFlow) -> None:
+        """A streamed body has arrived (bottle.mitm.patches); its last bytes, trailers and
+        end have not gone: cut the request off if the stream was refused on the way or
+        its trailers carry a secret."""
+        r = self._request(flow)
+        trailers = self._trailers(r)
+        if not r.st.blocked and trailers and (refusal := await self._scan(r, [], trailers)) is not None:
+            verdict, _ = refusal
+            r.st.decision, r.st.reason, r.st.blocked = "block", verdict.reason, True
+        if r.st.blocked:
+            flow.kill()
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -88,14 +106,16 @@ class RequestPipeline:
         r = self._request(flow)
         body = r.req.raw_content or b""
         st.bytes_up = len(body)
-        if (refusal := self._github_graphql(r, body)) is not None:
+        if (refusal := self._github_body(r, body)) is not None:
             return refuse(flow, *refusal)
         try:
-            strings = unpack_body(body, r.req.headers.get("content-type"), r.req.headers.get("content-encoding"),
-                                  r.policy.scanner.max_body_bytes)
+            texts = unpack_body(body, r.req.headers.get("content-type"), r.req.headers.get("content-encoding"),
+                                r.policy.scanner.max_body_bytes)
         except UnscannableBody as e:
             return refuse(flow, decide.block(e.status, e.reason, st.rule), "text")
-        if (refusal := await self._scan(r, strings)) is not None:
+        if (refusal := self._judge(r, credentials.check_placeholders_in(r.policy, st.route, texts))) is not None:
+            return refuse(flow, *refusal)
+        if (refusal := await self._scan(r, texts, self._trailers(r))) is not None:
             return refuse(flow, *refusal)
         self._inject(r)
 
@@ -104,8 +124,27 @@ class RequestPipeline:
     def _client(self, r: _Request) -> Refusal | None:
         return self._judge(r, decide.check_client(r.policy, peer_ip(r.flow)))
 
+    def _target(self, r: _Request) -> Refusal | None:
+        """Servers route on an absolute-form target or `:path`, whatever the tunnel: inside a
+        tunnel the target must be origin-form or name the tunnel itself (RFC 9112 3.2.2)."""
+        verdict = decide.check_target(r.req.host, r.req.port, r.req.scheme, r.req.authority, r.req.path,
+                                      r.req.method)
+        if not verdict.allowed:
+            r.st.logged_host = decide.authority_host(r.req.authority) or r.st.logged_host
+            return verdict, "text"
+        if r.req.authority and not (r.req.is_http2 or r.req.is_http3):
+            # What goes upstream is origin-form: HTTP/1 sends a non-empty authority as an
+            # absolute-form target; the Host header already names the same host.
+            if "host" not in r.req.headers:
+                r.req.headers["host"] = r.req.authority
+            r.req.authority = ""
+        return None
+
     def _fronting(self, r: _Request) -> Refusal | None:
-        return self._judge(r, decide.check_fronting(r.req.host, r.flow.client_conn.sni, r.req.host_header))
+        verdict = decide.check_fronting(r.req.host, r.flow.client_conn.sni, r.req.host_header)
+        if not verdict.allowed:
+            r.st.logged_host = decide.authority_host(r.req.host_header or "")  # where the request meant to go
+        return self._judge(r, verdict)
 
     def _allow(self, r: _Request) -> Refusal | None:
         verdict = decide.check_request(r.policy, r.req.host, r.req.port, r.req.method, r.req.path)
@@ -139,7 +178,7 @@ class RequestPipeline:
     def _github_api(self, r: _Request) -> Refusal | None:
         if r.host != github.HOST:
             return None
-        if (refusal := github.check(r.policy.github_deny, r.req.method, r.req.path, None)) is not None:
+        if (refusal := github.check(r.policy.github_deny, r.policy.git, r.req.method, r.req.path, None)) is not None:
             return decide.block(403, refusal.reason, refusal.rule_id), "json"
         return None
 
@@ -153,21 +192,21 @@ class RequestPipeline:
         return None
 
     async def _headers_decide_body(self, r: _Request) -> None:
-        """A body that streams is decided now; any other waits for `request` (bounded)."""
+        """A body that streams is decided now; any other waits for `request`, bounded."""
         r.st.scan_body = r.rule is None or r.rule.scan_body  # for the messages of a websocket
         if git.check_request(r.policy.git, r.host, r.req.path) is not None and git.is_push(r.req.method, r.req.path):
             refusal = push.check_encoding(r.req, r.st.rule)
             if refusal is None:
-                refusal = await self._scan(r, [])
+                refusal = await self._scan(r, [], [])
             if refusal is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
-            return push.start(r.flow, r.st, r.policy)
-        if not r.st.scan_body and not r.is_graphql:
-            if (refusal := await self._scan(r, [])) is not None:
+            return push.start(r.flow, r.st, r.policy, self.runtime.scanner)
+        if not r.st.scan_body and not r.is_graphql and not github.needs_body(r.host, r.req.method, r.req.path):
+            if (refusal := await self._scan(r, [], [])) is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
-            r.req.stream = _count_up(r.st)
+            r.req.stream = credentials.guarded_stream(r.st, r.policy)
             return
         length = r.req.headers.get("content-length", "")
         limit = r.policy.scanner.max_body_bytes
@@ -177,23 +216,23 @@ class RequestPipeline:
 
     # -- body-stage steps -----------------------------------------------------------------
 
-    def _github_graphql(self, r: _Request, body: bytes) -> Refusal | None:
-        if not r.is_graphql:
+    def _github_body(self, r: _Request, body: bytes) -> Refusal | None:
+        if not (r.is_graphql or github.needs_body(r.host, r.req.method, r.req.path)):
             return None
         try:
             plain = decode_content(body, r.req.headers.get("content-encoding"), r.policy.scanner.max_body_bytes)
         except UnscannableBody as e:
             return decide.block(e.status, e.reason, r.st.rule), "json"
-        if (refusal := github.check(r.policy.github_deny, r.req.method, r.req.path, plain)) is not None:
+        refusal = github.check(r.policy.github_deny, r.policy.git, r.req.method, r.req.path, plain)
+        if refusal is not None:
             return decide.block(403, refusal.reason, refusal.rule_id), "json"
         return None
 
-    async def _scan(self, r: _Request, body_strings: list[str]) -> Refusal | None:
-        """pipelock's verdict on URL + header values + body strings; an error blocks."""
+    async def _scan(self, r: _Request, body_texts: list[str], trailers: list[tuple[str, str]]) -> Refusal | None:
+        """pipelock's verdict on everything that goes upstream; an error blocks."""
         st = r.st
-        skip = st.route.header_name if st.route else None
-        header_values = [v for k, v in r.req.headers.items(multi=True) if k.lower() != skip]
-        text = "\n".join(header_values + body_strings)
+        text = request_text(f"{r.req.method} {r.req.url}", list(r.req.headers.items(multi=True)), body_texts,
+                            trailers, placeholder_header=st.route.header_name if st.route else None)
         scanner = self.runtime.scanner
         if scanner is None:
             return decide.block(503, "scanner unavailable: no scanner configured", st.rule), "text"
@@ -204,11 +243,22 @@ class RequestPipeline:
         if result.decision != "deny":
             return None
         st.findings = [rule for rule, _ in result.findings]
+        st.request_line_flagged = await self._request_line_flagged(r, result)
         reason = "scanner found " + "; ".join(f"{rule}: {msg}" for rule, msg in result.findings)
         if r.policy.scanner.mode == "audit":
             st.would_block(st.rule, reason)
             return None
         return decide.block(403, reason, st.rule), "text"
+
+    async def _request_line_flagged(self, r: _Request, result) -> bool:
+        """Whether the secret is in the method or URL, which the log must then not show."""
+        if result.url_denied:
+            return True
+        try:
+            line = await self.runtime.scanner.scan_text(f"{r.req.method} {r.req.url}")
+        except ScannerUnavailable:
+            return True  # unknown: redact
+        return line.decision == "deny"
 
     def _inject(self, r: _Request) -> None:
         """The last step: the real credential replaces the placeholder."""
@@ -225,17 +275,13 @@ class RequestPipeline:
         placeholder = r.policy.placeholders[route.token_ref]
         r.st.scrubber = credentials.Scrubber(credentials.credential_scrubs(route, placeholder, self.runtime.env))
 
+    @staticmethod
+    def _trailers(r: _Request) -> list[tuple[str, str]]:
+        return list(r.req.trailers.items(multi=True)) if r.req.trailers else []
+
     def _request(self, flow: http.HTTPFlow) -> _Request:
         return _Request(flow=flow, st=FlowState.of(flow), policy=self.runtime.require_policy(),
                         host=normalize_host(flow.request.host))
-
-
-def _count_up(st: FlowState):
-    def count(chunk: bytes) -> bytes:
-        st.bytes_up += len(chunk)
-        return chunk
-
-    return count
 
 
 def git_refusal_kind(path: str) -> str:

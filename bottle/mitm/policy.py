@@ -27,6 +27,7 @@ SCHEMES = ("bearer", "token", "basic", "header")
 GIT_ACCESS = ("read", "push")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MIN_PLACEHOLDER_LENGTH = 16
+DEFAULT_MAX_LABEL_ENTROPY = 3.5
 
 # Patterns (full-match; the manifest schema and the policy parser both use these).
 HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -127,6 +128,7 @@ class AllowRule:
     ports: tuple[int, ...]
     private_upstream: bool
     scan_body: bool
+    max_label_entropy: float = DEFAULT_MAX_LABEL_ENTROPY  # `*.` rules: labels above it look like data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,9 +378,12 @@ def _parse_allow(data: Any, where: str) -> AllowRule:
         _port(p, f"{obj.key('ports')}[{i}]")
     private_upstream = obj.take("private_upstream", bool)
     scan_body = obj.take("scan_body", bool)
+    max_label_entropy = obj.take("max_label_entropy", float)
+    if not 0 < max_label_entropy <= 8:
+        raise PolicyError(f"{obj.key('max_label_entropy')}: must be between 0 and 8")
     obj.finish()
     return AllowRule(id=rule_id, host=host, methods=methods, paths=paths, ports=tuple(ports_raw),
-                     private_upstream=private_upstream, scan_body=scan_body)
+                     private_upstream=private_upstream, scan_body=scan_body, max_label_entropy=max_label_entropy)
 
 
 def _parse_route(data: Any, where: str) -> Route:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 
@@ -26,7 +27,7 @@ def check_encoding(req: http.Request, rule_id: str | None) -> tuple[decide.Verdi
     return None
 
 
-def start(flow: http.HTTPFlow, st: FlowState, policy: Policy) -> None:
+def start(flow: http.HTTPFlow, st: FlowState, policy: Policy, scanner: Any) -> None:
     """Stream the push body through an inspector; called once every other step passed."""
     assert policy.git is not None
     req = flow.request

@@ -12,8 +12,8 @@ from typing import Any
 
 from mitmproxy import http
 
-from bottle.mitm.decide import redact_query
 from bottle.mitm.pipeline import peer_ip
+from bottle.mitm.redact import REDACTED, loggable_host, loggable_method, loggable_path
 from bottle.mitm.state import FlowState, Runtime, fail_closed
 
 
@@ -40,9 +40,15 @@ class RequestLog:
     @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         st = FlowState.of(flow)
-        if not st.reason and flow.error:
+        status = flow.response.status_code if flow.response else 502
+        if flow.error and flow.error.msg.startswith("Request body exceeds"):
+            # mitmproxy's body_size_limit (bottle.mitm.patches): it answered 413 and closed.
+            limit = self.runtime.policy.scanner.max_body_bytes if self.runtime.policy else "?"
+            st.decision, st.blocked, status = "block", True, 413
+            st.reason = st.reason or f"request body exceeds the scan limit of {limit} bytes; connection closed"
+        elif not st.reason and flow.error:
             st.reason = f"proxy error: {flow.error.msg}"
-        self._log(flow, status=flow.response.status_code if flow.response else 502)
+        self._log(flow, status=status)
 
     @fail_closed
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -73,15 +79,19 @@ class RequestLog:
         st = FlowState.of(flow)
         req = flow.request
         policy = self.runtime.policy
+        if st.request_line_flagged:  # the scanner found a secret in the method or URL itself
+            method, path = REDACTED, "/" + REDACTED
+        else:
+            method, path = loggable_method(req.method), loggable_path(req.path)
         return {
             "time": _rfc3339(started),
             "bottle": policy.bottle if policy else None,
             "client": peer_ip(flow),
-            "method": req.method,
+            "method": method,
             "scheme": req.scheme,
-            "host": req.host,
+            "host": loggable_host(st.logged_host or req.host),
             "port": req.port,
-            "path": redact_query(req.path) if req.method != "CONNECT" else "",
+            "path": path if req.method != "CONNECT" else "",
             "status": status,
             "bytes_up": st.bytes_up,
             "bytes_down": st.bytes_down,

@@ -26,6 +26,7 @@ class ScannerUnavailable(Exception):
 class ScanResult:
     decision: str  # "allow" | "deny"
     findings: tuple[tuple[str, str], ...] = field(default=())
+    url_denied: bool = False  # the url scan (not only the text scan) denied
 
 
 ALLOW = ScanResult("allow")
@@ -186,8 +187,11 @@ class _StaleConnection(Exception):
 
 async def scan_request(scanner, url: str, text: str) -> ScanResult:
     """Run the url and dlp scans concurrently; a deny from either denies."""
-    results = await asyncio.gather(scanner.scan_url(url), scanner.scan_text(text))
-    return merge_results(list(results))
+    url_result, text_result = await asyncio.gather(scanner.scan_url(url), scanner.scan_text(text))
+    merged = merge_results([url_result, text_result])
+    if url_result.decision == "deny":
+        merged = ScanResult(merged.decision, merged.findings, url_denied=True)
+    return merged
 
 
 async def probe_scanner(url: str, timeout: float = 2.0) -> bool:

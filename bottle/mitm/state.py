@@ -60,6 +60,8 @@ class FlowState:
     push: git.PushInspector | None = None
     refused_response: tuple[int, str, str | None] | None = None
     message_log: dict[str, Any] | None = None  # the verdict on the newest websocket message
+    logged_host: str | None = None  # the host a misdirected request named, when it differs
+    request_line_flagged: bool = False  # the scanner found a secret in the method or URL
     logged: bool = False
 
     @classmethod
@@ -104,7 +106,7 @@ def refuse(flow: http.HTTPFlow, verdict: Verdict, kind: str = "text") -> None:
     flow.response = refusal_response(verdict.status, verdict.reason, st.rule, kind)
 
 
-_REQUEST_HOOKS = ("http_connect", "requestheaders", "request")
+_REQUEST_HOOKS = ("http_connect", "requestheaders", "request")  # nothing has gone upstream yet
 
 
 def fail_closed(hook: Callable[[Any, Any], Awaitable[None] | None]) -> Callable[[Any, Any], Awaitable[None]]:

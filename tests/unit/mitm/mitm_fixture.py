@@ -19,19 +19,19 @@ POLICY = {
     "clients": ["172.20.0.3"],
     "allow": [
         {"id": "egress.allow[0]", "host": "api.anthropic.com", "methods": ["POST"], "paths": ["/v1/"],
-         "ports": [443], "private_upstream": False, "scan_body": True},
+         "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
         {"id": "egress.allow[1]", "host": "*.githubusercontent.com", "methods": ["GET"], "paths": None,
-         "ports": [443], "private_upstream": False, "scan_body": True},
+         "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
         {"id": "egress.allow[2]", "host": "github.com", "methods": None, "paths": ["/org/repo.git/"],
-         "ports": [443], "private_upstream": False, "scan_body": False},
+         "ports": [443], "private_upstream": False, "scan_body": False, "max_label_entropy": 3.5},
         {"id": "egress.allow[3]", "host": "api.example.com", "methods": None, "paths": None,
-         "ports": [443], "private_upstream": False, "scan_body": True},
+         "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
         {"id": "egress.allow[4]", "host": "api.token.test", "methods": None, "paths": None,
-         "ports": [443], "private_upstream": False, "scan_body": True},
+         "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
         {"id": "egress.allow[5]", "host": "basic.test", "methods": None, "paths": None,
-         "ports": [443], "private_upstream": False, "scan_body": True},
+         "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
         {"id": "egress.allow[6]", "host": "internal.test", "methods": None, "paths": None,
-         "ports": [8443], "private_upstream": True, "scan_body": True},
+         "ports": [8443], "private_upstream": True, "scan_body": True, "max_label_entropy": 3.5},
     ],
     "routes": [
         {"id": "egress.routes[0]", "host": "api.anthropic.com", "methods": None, "paths": None,
@@ -79,8 +79,8 @@ def policy_text(**changes) -> str:
     return json.dumps(policy_dict(**changes))
 
 
-HOOKS = ("http_connect", "requestheaders", "request", "responseheaders", "response", "error",
-         "websocket_message", "server_connect")
+HOOKS = ("http_connect", "requestheaders", "bottle_request_streamed", "request", "responseheaders", "response",
+         "error", "websocket_message", "server_connect")
 
 
 class Chain:

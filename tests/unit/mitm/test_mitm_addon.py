@@ -118,8 +118,8 @@ BLOCKS = [
                  "misdirected request: CONNECT target api.anthropic.com, TLS SNI api.anthropic.com, "
                  "Host evil.test do not agree", None, id="fronting-host"),
     pytest.param(dict(host_header="evil.test:443", http2=True), 421,
-                 "misdirected request: CONNECT target api.anthropic.com, TLS SNI api.anthropic.com, "
-                 "Host evil.test do not agree", None, id="fronting-authority"),
+                 "misdirected request: the request names evil.test:443 but its connection is to "
+                 "api.anthropic.com:443", None, id="fronting-authority"),
     pytest.param(dict(headers=[("x-api-key", "sk-ant-agent-own-key")]), 403,
                  "x-api-key header on credential route egress.routes[0] is not bottle's placeholder for "
                  "ANTHROPIC_API_KEY", "egress.routes[0]", id="non-placeholder-credential"),
@@ -212,14 +212,16 @@ def test_scanner_deny_names_findings_not_the_secret():
     assert "AKIA" not in json.dumps(lines)
 
 
-def test_scanner_sees_url_headers_and_body_strings_but_not_the_route_credential():
+def test_scanner_sees_request_line_headers_raw_body_and_its_strings_but_not_the_route_credential():
     scanner = FakeScanner()
     addon, _ = make_addon(scanner)
     run(addon, make_flow(headers=[("x-api-key", P_ANTHROPIC), ("x-other", "visible"),
                                   ("content-type", "application/json")],
                          body=b'{"prompt": "hello"}'))
     assert scanner.urls == ["https://api.anthropic.com/v1/messages"]
-    assert scanner.texts == ["19\nvisible\napplication/json\nprompt\nhello"]
+    assert scanner.texts == ["POST https://api.anthropic.com/v1/messages\ncontent-length: 19\nx-api-key: \n"
+                             "x-other: visible\ncontent-type: application/json\n"
+                             '{"prompt": "hello"}\nprompt\nhello']
 
 
 def test_scanner_audit_mode_logs_would_block():
@@ -261,10 +263,12 @@ def test_scan_body_false_rule_is_decided_in_requestheaders_and_streams():
         asyncio.run(addon.requestheaders(f))
         assert f.response is None and callable(f.request.stream)
         assert f.request.headers["authorization"].startswith("Basic ")
-        assert f.request.stream(b"\x00" * 10) == b"\x00" * 10
+        # Held back only as long as a placeholder could still be starting, then flushed.
+        assert f.request.stream(b"\x00" * 10) + f.request.stream(b"") == [b"\x00" * 10]
         asyncio.run(addon.request(f))  # after streaming: nothing more to decide
     assert f.response is None
-    assert scanner.texts == ["0\napplication/x-git-receive-pack-request"]
+    assert scanner.texts == ["POST https://github.com/org/repo.git/git-receive-pack\ncontent-length: 0\n"
+                             "content-type: application/x-git-receive-pack-request"]
     assert f.metadata["bottle"].bytes_up == 10
 
 
@@ -275,7 +279,7 @@ def test_response_is_streamed_and_counted():
     line = lines[0]
     assert set(line) == LOG_KEYS
     assert (line["path"], line["bytes_down"], line["decision"], line["rule"], line["client"]) == (
-        "/a?token=REDACTED&x", len(b"upstream says hi"), "allow", "egress.allow[1]", AGENT)
+        "/a?token=REDACTED&REDACTED", len(b"upstream says hi"), "allow", "egress.allow[1]", AGENT)
     assert line["time"].endswith("Z") and line["bottle"] == "bottle-demo-3f9a2c"
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from bottle.mitm import credentials, decide
 from bottle.mitm.policy import host_matches, is_ip_literal, parse_policy
+from bottle.mitm.redact import loggable_path
 from bottle.mitm.upstream import UpstreamRefused, filter_addresses
 from mitm_fixture import policy_text
 
@@ -65,10 +66,14 @@ def test_is_permitted_upstream_ip(ip, allow_private, expected):
 @pytest.mark.parametrize("path, expected", [
     ("/a", "/a"),
     ("/a?x=1&y=2", "/a?x=REDACTED&y=REDACTED"),
-    ("/a?flag&k=", "/a?flag&k=REDACTED"),
+    ("/a?flag&k=", "/a?REDACTED&k=REDACTED"),
+    ("/a?AKIAIOSFODNN7EXAMPLE", "/a?REDACTED"),
+    ("/v1/AKIAIOSFODNN7EXAMPLE/x", "/v1/REDACTED/x"),
+    ("/repos/acme/widgets/git/refs/heads/main", "/repos/acme/widgets/git/refs/heads/main"),
+    ("/objects/3f2a9c1e0b7d4a6f8e2c5b1d9a7f3e6c", "/objects/REDACTED"),
 ])
-def test_redact_query(path, expected):
-    assert decide.redact_query(path) == expected
+def test_loggable_path_keeps_structure_and_never_a_token(path, expected):
+    assert loggable_path(path) == expected
 
 
 @pytest.mark.parametrize("connect, sni, host, allowed", [

@@ -44,7 +44,7 @@ EXTRA = (
     ],
 )
 def test_rest_table(method, path, rule):
-    refusal = github.check(EXTRA, method, path, None)
+    refusal = github.check(EXTRA, None, method, path, None)
     assert (refusal.rule_id if refusal else None) == rule
 
 
@@ -89,17 +89,17 @@ def gql(query: str, **extra) -> bytes:
     ],
 )
 def test_graphql_table(body, rule):
-    refusal = github.check(EXTRA, "POST", "/graphql", body)
+    refusal = github.check(EXTRA, None, "POST", "/graphql", body)
     assert (refusal.rule_id if refusal else None) == rule
 
 
 def test_graphql_mutation_in_a_get_query_string_is_checked():
-    refusal = github.check((), "GET", "/graphql?query=mutation%7BmergePullRequest(input:%7B%7D)%7Bx%7D%7D", b"")
+    refusal = github.check((), None, "GET", "/graphql?query=mutation%7BmergePullRequest(input:%7B%7D)%7Bx%7D%7D", b"")
     assert refusal.rule_id == "github.deny.default.merge_pull_request"
 
 
 def test_graphql_refusal_reason():
-    refusal = github.check((), "POST", "/graphql", gql("mutation { m: mergePullRequest(input: {}) { x } }"))
+    refusal = github.check((), None, "POST", "/graphql", gql("mutation { m: mergePullRequest(input: {}) { x } }"))
     assert refusal.reason == "GitHub: merging a pull request is not allowed (GraphQL mergePullRequest)"
 
 
