@@ -165,7 +165,7 @@ def run_concurrent(make_client, method: str, n: int, concurrency: int, warmup: i
 
 
 def start_mitmdump(binary: str, tmp: Path, bottle_ca_confdir: Path, upstream_ca: Path) -> tuple[subprocess.Popen, int]:
-    from tests.integration.test_proxy_loopback import free_port, wait_port
+    from tests.support.loopback import free_port, wait_port
 
     confdir = tmp / "mitmdump-conf"
     confdir.mkdir()
@@ -229,7 +229,7 @@ def main() -> int:
         return 2
     os.environ["BOTTLE_PIPELOCK_BIN"] = find_pipelock()
 
-    from tests.integration.test_proxy_loopback import Loopback
+    from tests.support.loopback import Loopback
 
     tmp = Path(tempfile.mkdtemp(prefix="bottle-bench-"))
     lb = Loopback(tmp)

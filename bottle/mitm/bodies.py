@@ -221,21 +221,31 @@ def _multipart_strings(body: bytes, content_type: str) -> list[str]:
     return out
 
 
-def request_text(
-    request_line: str,
+def request_texts(
+    method: str,
+    target: str,
     headers: list[tuple[str, str]],
     body_texts: list[str],
     trailers: list[tuple[str, str]],
     *,
     placeholder_header: str | None = None,
-) -> str:
-    """Everything of a request that goes upstream, as one text for the DLP scan: the
-    request line (method and URL), each header as `name: value`, the body's texts and the
-    trailers. Only the value of a credential route's own header (checked to hold the
-    placeholder) is left out."""
-    lines = [request_line]
+) -> list[str]:
+    """What the DLP scan sees of a request, as separate texts (pipelock judges each alone:
+    joining texts can hide a finding one of them has on its own).
+
+    First the request as it goes on the wire (request line, `name: value` header lines,
+    the raw body, trailers), so bottle is never weaker than pipelock scanning the raw
+    request; then, when a parser decodes the body into other strings, those strings in
+    document order. Only the value of a credential route's own header (checked to hold
+    the placeholder) is left out.
+    """
+    lines = [f"{method} {target} HTTP/1.1"]
     for name, value in headers:
         lines.append(f"{name}: " if placeholder_header and name.lower() == placeholder_header else f"{name}: {value}")
-    lines += body_texts
-    lines += [f"{name}: {value}" for name, value in trailers]
-    return "\n".join(lines)
+    wire = "\r\n".join(lines) + "\r\n\r\n" + (body_texts[0] if body_texts else "")
+    if trailers:
+        wire += "\r\n" + "\r\n".join(f"{name}: {value}" for name, value in trailers)
+    texts = [wire]
+    if len(body_texts) > 1:
+        texts.append("\n".join(body_texts[1:]))
+    return texts

@@ -29,7 +29,7 @@ import dataclasses
 from mitmproxy import http
 
 from bottle.mitm import credentials, decide, git, github, push
-from bottle.mitm.bodies import UnscannableBody, decode_content, request_text, unpack_body
+from bottle.mitm.bodies import UnscannableBody, decode_content, request_texts, unpack_body
 from bottle.mitm.policy import AllowRule, Policy, normalize_host
 from bottle.mitm.scanner import ScannerUnavailable, scan_request
 from bottle.mitm.state import FlowState, Runtime, fail_closed, refuse
@@ -231,13 +231,13 @@ class RequestPipeline:
     async def _scan(self, r: _Request, body_texts: list[str], trailers: list[tuple[str, str]]) -> Refusal | None:
         """pipelock's verdict on everything that goes upstream; an error blocks."""
         st = r.st
-        text = request_text(f"{r.req.method} {r.req.url}", list(r.req.headers.items(multi=True)), body_texts,
-                            trailers, placeholder_header=st.route.header_name if st.route else None)
+        texts = request_texts(r.req.method, r.req.path, list(r.req.headers.items(multi=True)), body_texts, trailers,
+                              placeholder_header=st.route.header_name if st.route else None)
         scanner = self.runtime.scanner
         if scanner is None:
             return decide.block(503, "scanner unavailable: no scanner configured", st.rule), "text"
         try:
-            result = await scan_request(scanner, r.req.url, text)
+            result = await scan_request(scanner, r.req.url, texts)
         except ScannerUnavailable as e:
             return decide.block(503, f"scanner unavailable: {e.reason}", st.rule), "text"
         if result.decision != "deny":

@@ -32,8 +32,16 @@ class ResponseFilter:
         if has_body and encoding not in ("", "identity"):
             return _refuse_response(flow, decide.block(
                 502, "compressed response to a credentialed request cannot be checked for the credential", st.rule))
+        codings = [c.strip().lower() for c in resp.headers.get("transfer-encoding", "").split(",") if c.strip()]
+        if any(c != "chunked" for c in codings):
+            return _refuse_response(flow, decide.block(
+                502, f"transfer coding {resp.headers['transfer-encoding']!r} on a credentialed response cannot be "
+                     "checked for the credential", st.rule))
         scrubber = st.scrubber
-        resp.headers.fields = tuple((name, scrubber.replace(value)) for name, value in resp.headers.fields)
+        # Everything of the head an upstream chooses: the reason phrase, header names and values.
+        resp.data.reason = scrubber.replace(resp.data.reason)
+        resp.headers.fields = tuple((scrubber.replace(name), scrubber.replace(value))
+                                    for name, value in resp.headers.fields)
         st.scrubbed = scrubber.count
         if has_body:
             # Scrubbing changes the body's length: an HTTP/1.1 agent gets it chunked, an
@@ -52,7 +60,8 @@ class ResponseFilter:
         elif st.scrubber is not None and flow.response is not None and not st.blocked:
             if flow.response.trailers:
                 trailers = flow.response.trailers
-                trailers.fields = tuple((name, st.scrubber.replace(value)) for name, value in trailers.fields)
+                trailers.fields = tuple((st.scrubber.replace(name), st.scrubber.replace(value))
+                                        for name, value in trailers.fields)
             st.scrubbed = st.scrubber.count
 
 

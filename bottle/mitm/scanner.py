@@ -185,10 +185,10 @@ class _StaleConnection(Exception):
     pass
 
 
-async def scan_request(scanner, url: str, text: str) -> ScanResult:
-    """Run the url and dlp scans concurrently; a deny from either denies."""
-    url_result, text_result = await asyncio.gather(scanner.scan_url(url), scanner.scan_text(text))
-    merged = merge_results([url_result, text_result])
+async def scan_request(scanner, url: str, texts: list[str]) -> ScanResult:
+    """Run the url scan and a dlp scan of each text concurrently; any deny denies."""
+    url_result, *text_results = await asyncio.gather(scanner.scan_url(url), *(scanner.scan_text(t) for t in texts))
+    merged = merge_results([url_result, *text_results])
     if url_result.decision == "deny":
         merged = ScanResult(merged.decision, merged.findings, url_denied=True)
     return merged

@@ -11,7 +11,8 @@ from bottle.mitm.state import FlowState, Runtime, fail_closed
 
 
 class WebSocketScanner:
-    """Scan each client message before it is forwarded; server messages pass.
+    """Scan each client message before it is forwarded; server messages pass, with the
+    real credential of a credentialed upgrade replaced by the agent's placeholder.
 
     mitmproxy assembles a whole message (all its frames) in memory before this hook, and
     holds it, and everything after it on this websocket, until the hook returns. Only the
@@ -32,6 +33,9 @@ class WebSocketScanner:
         del flow.websocket.messages[:-1]
         if message.from_client:
             await self._check(flow, st, message)
+        elif st.scrubber is not None:
+            message.content = st.scrubber.replace(message.content)
+            st.scrubbed = st.scrubber.count
 
     async def _check(self, flow: http.HTTPFlow, st: FlowState, message: WebSocketMessage) -> None:
         policy = self.runtime.require_policy()

@@ -219,9 +219,11 @@ def test_scanner_sees_request_line_headers_raw_body_and_its_strings_but_not_the_
                                   ("content-type", "application/json")],
                          body=b'{"prompt": "hello"}'))
     assert scanner.urls == ["https://api.anthropic.com/v1/messages"]
-    assert scanner.texts == ["POST https://api.anthropic.com/v1/messages\ncontent-length: 19\nx-api-key: \n"
-                             "x-other: visible\ncontent-type: application/json\n"
-                             '{"prompt": "hello"}\nprompt\nhello']
+    assert scanner.texts == [
+        'POST /v1/messages HTTP/1.1\r\ncontent-length: 19\r\nx-api-key: \r\nx-other: visible\r\n'
+        'content-type: application/json\r\n\r\n{"prompt": "hello"}',  # the request as it goes on the wire
+        "prompt\nhello",  # and what a JSON parser reads from it, in document order
+    ]
 
 
 def test_scanner_audit_mode_logs_would_block():
@@ -267,8 +269,8 @@ def test_scan_body_false_rule_is_decided_in_requestheaders_and_streams():
         assert f.request.stream(b"\x00" * 10) + f.request.stream(b"") == [b"\x00" * 10]
         asyncio.run(addon.request(f))  # after streaming: nothing more to decide
     assert f.response is None
-    assert scanner.texts == ["POST https://github.com/org/repo.git/git-receive-pack\ncontent-length: 0\n"
-                             "content-type: application/x-git-receive-pack-request"]
+    assert scanner.texts == ["POST /org/repo.git/git-receive-pack HTTP/1.1\r\ncontent-length: 0\r\n"
+                             "content-type: application/x-git-receive-pack-request\r\n\r\n"]
     assert f.metadata["bottle"].bytes_up == 10
 
 

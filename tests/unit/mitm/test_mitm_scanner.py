@@ -108,7 +108,7 @@ def test_url_and_text_scans_run_concurrently_and_merge():
         client = ScannerClient(url, "tok", timeout=5)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        result = await scan_request(client, "https://a.test/", "text")
+        result = await scan_request(client, "https://a.test/", ["text"])
         return result, loop.time() - start
 
     result, elapsed = asyncio.run(with_server(api, go))
