@@ -305,6 +305,12 @@ MANIFEST_SCHEMA = Obj(
                 fields={
                     "image": Field(Str(pattern=r"[^\s]+", expected="an image reference",
                                        description="pipelock image (pinned)."), default=DEFAULT_PIPELOCK_IMAGE),
+                    "responses": Field(Str(choices=contract.RESPONSE_SCAN_MODES,
+                                           description="Scan text answers (SSE events as they stream, JSON, "
+                                           "HTML, …) for prompt injection aimed at the agent. warn (default): "
+                                           "log the finding and pass the answer. block: cut the answer off "
+                                           "(a buffered answer is replaced by a refusal). off: do not scan."),
+                                       default="warn"),
                     "mode": Field(Str(choices=contract.SCANNER_MODES,
                                       description="block: a finding blocks the request. audit: findings are "
                                       "logged as would_block. An unreachable scanner blocks in both modes."),

@@ -69,6 +69,7 @@ class EgressSpec:
 class ScannerSpec:
     image: str
     mode: str
+    responses: str = "warn"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,7 +166,8 @@ def build_plan(
                 r["auth"]["token_ref"] for r in egress["routes"] if env.get(r["auth"]["token_ref"])
             ),
         ),
-        scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"]),
+        scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"],
+                            responses=data["scanner"]["responses"]),
         proxy_image=proxy_image,
         docker=DockerOptions(egress_network=data["docker"].get("egress_network")),
         git=_git_policy(data["git"]) if "git" in data else None,

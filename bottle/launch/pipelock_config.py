@@ -36,7 +36,7 @@ def render_pipelock_config(*, scan_listen: str, main_listen: str, token: str, ma
             # write must be >= scan, or a slow scan's answer is cut off.
             "timeouts": {"read": "10s", "write": "30s", "scan": "20s"},
             "connection_limit": 256,
-            "kinds": {"url": True, "dlp": True, "prompt_injection": False, "tool_call": False},
+            "kinds": {"url": True, "dlp": True, "prompt_injection": True, "tool_call": False},
         },
     }
     return json.dumps(config, indent=2) + "\n"

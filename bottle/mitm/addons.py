@@ -3,9 +3,10 @@
 1. RequestPipeline  decides every request (the order of its steps is the security argument)
 2. GitPushReport    replaces upstream's answer to a refused push with bottle's report
 3. ResponseFilter   streams answers back, scrubbed of the real credential
-4. WebSocketScanner scans the agent's websocket messages before they are forwarded
-5. UpstreamGuard    refuses upstream connections the policy does not name
-6. RequestLog       last, so it logs each flow's final decision
+4. ResponseScanner  scans text answers for prompt injection, after the scrubbing
+5. WebSocketScanner scans the agent's websocket messages before they are forwarded
+6. UpstreamGuard    refuses upstream connections the policy does not name
+7. RequestLog       last, so it logs each flow's final decision
 
 All share one Runtime (policy + scanner client), so a reload changes them together.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bottle.mitm.answers import ResponseScanner
 from bottle.mitm.pipeline import RequestPipeline
 from bottle.mitm.push import GitPushReport
 from bottle.mitm.requestlog import RequestLog
@@ -28,6 +30,7 @@ def make_addons(runtime: Runtime) -> list[Any]:
         RequestPipeline(runtime),
         GitPushReport(),
         ResponseFilter(),
+        ResponseScanner(runtime),
         WebSocketScanner(runtime),
         UpstreamGuard(runtime),
         RequestLog(runtime),

@@ -9,11 +9,11 @@ version (requirements/egress-proxy.txt); `install()` is called once by the launc
    before mitmproxy hands the stream function its final `b""`; a flow killed there never
    sends its end.
 2. **Bounded buffering.** A request whose body bottle scans is buffered whole before the
-   `request` hook; mitmproxy would buffer any size (a refused 600 MiB upload is read to
-   the end). Its own `body_size_limit` stops buffering and closes the connection, but it
-   would also refuse bodies bottle streams (uploads, git pushes) and answers it sends on
-   (downloads) before any addon could decide. Applied only to request bodies being
-   buffered, it bounds exactly what bottle holds.
+   `request` hook (and, with `scanner.responses: block`, a text answer before `response`);
+   mitmproxy would buffer any size (a refused 600 MiB upload is read to the end). Its own
+   `body_size_limit` stops buffering and closes the connection, but it would also refuse
+   bodies bottle streams (uploads, git pushes, downloads) before any addon could decide.
+   Applied only to bodies being buffered, it bounds exactly what bottle holds.
 3. **WebSocket control frames.** mitmproxy relays ping and pong payloads and close
    reasons without a hook, so neither the scanner nor the credential scrubber sees them.
    Payloads longer than a short heartbeat token are emptied, in both directions: up to 125
@@ -73,9 +73,9 @@ def _bound_buffered_request_bodies() -> None:
     original = HttpStream.check_body_size
 
     def check_body_size(self, request: bool):
-        # Only while a request body is being buffered (mitmproxy's "late" check): never
-        # before the addons decided to stream it, never for responses (always streamed).
-        if request and self.request_body_buf:
+        # Only while a body is being buffered (mitmproxy's "late" check), never before the
+        # addons decided whether to stream it: bottle buffers only what it must scan whole.
+        if (self.request_body_buf if request else self.response_body_buf):
             return (yield from original(self, request))
         return False
 

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 POLICY_VERSION = 2
 MODES = ("enforce", "discover")
 SCANNER_MODES = ("block", "audit")
+RESPONSE_SCAN_MODES = ("off", "warn", "block")
 SCHEMES = ("bearer", "token", "basic", "header")
 GIT_ACCESS = ("read", "push")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -203,6 +204,7 @@ class ScannerConfig:
     mode: str
     timeout_seconds: float
     max_body_bytes: int
+    responses: str = "warn"  # prompt-injection scan of text answers: off | warn | block
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -494,8 +496,10 @@ def _parse_scanner(data: dict, where: str) -> ScannerConfig:
     max_body = obj.take("max_body_bytes", int)
     if max_body <= 0:
         raise PolicyError(f"{obj.key('max_body_bytes')}: must be positive")
+    responses = obj.take_choice("responses", RESPONSE_SCAN_MODES)
     obj.finish()
-    return ScannerConfig(url=url, token=token, mode=mode, timeout_seconds=timeout, max_body_bytes=max_body)
+    return ScannerConfig(url=url, token=token, mode=mode, timeout_seconds=timeout, max_body_bytes=max_body,
+                         responses=responses)
 
 
 def _parse_host(value: str, where: str) -> str:

@@ -58,7 +58,7 @@ class RequestLog:
             return
         line = self._line(flow, entry["timestamp"], entry["status"])
         line.update(method="WS", bytes_up=entry["bytes_up"], bytes_down=0, decision=entry["decision"],
-                    reason=entry["reason"], scanner=entry["findings"], scrubbed=0)
+                    reason=entry["reason"], scanner=entry["findings"], answer_scanner=[], scrubbed=0)
         self._emit(line)
 
     def _log(self, flow: http.HTTPFlow, status: int | None = None) -> None:
@@ -100,6 +100,7 @@ class RequestLog:
             "rule": st.rule,
             "reason": st.reason,
             "scanner": st.findings,
+            "answer_scanner": st.answer_findings,
             "token_ref": st.token_ref,
             "scrubbed": st.scrubbed,
         }

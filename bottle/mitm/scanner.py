@@ -101,6 +101,12 @@ class ScannerClient:
             return ALLOW
         return await self._scan({"kind": "dlp", "input": {"text": text}})
 
+    async def scan_content(self, text: str) -> ScanResult:
+        """Prompt injection aimed at the agent, in what an upstream answered."""
+        if not text:
+            return ALLOW
+        return await self._scan({"kind": "prompt_injection", "input": {"content": text}})
+
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:

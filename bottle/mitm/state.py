@@ -60,6 +60,8 @@ class FlowState:
     push: git.PushInspector | None = None
     refused_response: tuple[int, str, str | None] | None = None
     message_log: dict[str, Any] | None = None  # the verdict on the newest websocket message
+    answer_scan: Any = None  # bottle.mitm.answers.AnswerScan of a text answer
+    answer_findings: list[str] = dataclasses.field(default_factory=list)
     logged_host: str | None = None  # the host a misdirected request named, when it differs
     request_line_flagged: bool = False  # the scanner found a secret in the method or URL
     logged: bool = False

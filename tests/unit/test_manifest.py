@@ -28,7 +28,7 @@ def test_minimal_manifest_gets_every_default(write_manifest):
                        "max_label_entropy": 3.5}],
             "routes": [],
         },
-        "scanner": {"image": DEFAULT_PIPELOCK_IMAGE, "mode": "block"},
+        "scanner": {"image": DEFAULT_PIPELOCK_IMAGE, "mode": "block", "responses": "warn"},
         "docker": {},
     }
 

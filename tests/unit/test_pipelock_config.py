@@ -20,4 +20,4 @@ def test_rendered_config_is_scan_only():
     assert api["rate_limit"] == {"requests_per_minute": 600000, "burst": 10000}
     assert api["field_limits"]["text"] >= 8388608 and api["max_body_bytes"] > api["field_limits"]["text"]
     assert api["timeouts"] == {"read": "10s", "write": "30s", "scan": "20s"}
-    assert api["kinds"] == {"url": True, "dlp": True, "prompt_injection": False, "tool_call": False}
+    assert api["kinds"] == {"url": True, "dlp": True, "prompt_injection": True, "tool_call": False}

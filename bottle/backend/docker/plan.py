@@ -384,7 +384,7 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
         },
         "git": to_document(plan.git),
         "github": {"deny": to_document(plan.github_deny)} if plan.github_deny else None,
-        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode},
+        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode, "responses": plan.scanner.responses},
         "networks": [
             {
                 "role": n.role,

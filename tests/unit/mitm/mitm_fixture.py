@@ -52,7 +52,7 @@ POLICY = {
     ],
     "placeholders": {"ANTHROPIC_API_KEY": P_ANTHROPIC, "GITHUB_TOKEN": P_GITHUB, "EXAMPLE_TOKEN": P_EXAMPLE, "TOKEN_TEST": P_TOKEN, "BASIC_PAIR": P_BASIC},
     "scanner": {"url": "http://pipelock:9090/api/v1/scan", "token": "scan-token-0123456789abcdef",
-                "mode": "block", "timeout_seconds": 10, "max_body_bytes": 1000},
+                "mode": "block", "timeout_seconds": 10, "max_body_bytes": 1000, "responses": "warn"},
     "upstream_ca": None,
     "dns": {"host": "172.20.0.2", "port": 53},
 }

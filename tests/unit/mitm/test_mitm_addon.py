@@ -15,14 +15,15 @@ from mitm_fixture import ENV, P_ANTHROPIC, P_BASIC, P_EXAMPLE, P_GITHUB, P_TOKEN
 
 AGENT = "172.20.0.3"
 LOG_KEYS = {"time", "bottle", "client", "method", "scheme", "host", "port", "path", "status", "bytes_up",
-            "bytes_down", "duration_ms", "decision", "rule", "reason", "scanner", "token_ref", "scrubbed"}
+            "bytes_down", "duration_ms", "decision", "rule", "reason", "scanner", "answer_scanner", "token_ref", "scrubbed"}
 
 
 class FakeScanner:
-    def __init__(self, url=ScanResult("allow"), text=ScanResult("allow"), error=None):
-        self.url_result, self.text_result, self.error = url, text, error
+    def __init__(self, url=ScanResult("allow"), text=ScanResult("allow"), error=None, content=ScanResult("allow")):
+        self.url_result, self.text_result, self.error, self.content_result = url, text, error, content
         self.urls: list[str] = []
         self.texts: list[str] = []
+        self.contents: list[str] = []
 
     async def scan_url(self, url):
         self.urls.append(url)
@@ -35,6 +36,10 @@ class FakeScanner:
         if self.error:
             raise self.error
         return self.text_result
+
+    async def scan_content(self, text):
+        self.contents.append(text)
+        return self.content_result
 
 
 def make_addon(fake=None, env=ENV, **policy_changes):
