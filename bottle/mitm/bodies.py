@@ -221,28 +221,25 @@ def _multipart_strings(body: bytes, content_type: str) -> list[str]:
     return out
 
 
-def request_texts(
-    method: str,
-    target: str,
-    headers: list[tuple[str, str]],
-    body_texts: list[str],
-    trailers: list[tuple[str, str]],
-    *,
-    placeholder_header: str | None = None,
-) -> list[str]:
-    """What the DLP scan sees of a request, as separate texts (pipelock judges each alone:
-    joining texts can hide a finding one of them has on its own).
-
-    First the request as it goes on the wire (request line, `name: value` header lines,
-    the raw body, trailers), so bottle is never weaker than pipelock scanning the raw
-    request; then, when a parser decodes the body into other strings, those strings in
-    document order. Only the value of a credential route's own header (checked to hold
-    the placeholder) is left out.
-    """
+def request_head(method: str, target: str, headers: list[tuple[str, str]], *,
+                 placeholder_header: str | None = None) -> str:
+    """The request line and `name: value` header lines as they go on the wire. Only the
+    value of a credential route's own header (checked to hold the placeholder) is left out."""
     lines = [f"{method} {target} HTTP/1.1"]
     for name, value in headers:
         lines.append(f"{name}: " if placeholder_header and name.lower() == placeholder_header else f"{name}: {value}")
-    wire = "\r\n".join(lines) + "\r\n\r\n" + (body_texts[0] if body_texts else "")
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def request_texts(head: str, body_texts: list[str], trailers: list[tuple[str, str]]) -> list[str]:
+    """What the DLP scan sees of a request, as separate texts (pipelock judges each alone:
+    joining texts can hide a finding one of them has on its own).
+
+    First the request as it goes on the wire (head, the raw body, trailers), so bottle is
+    never weaker than pipelock scanning the raw request; then, when a parser decodes the
+    body into other strings, those strings in document order.
+    """
+    wire = head + (body_texts[0] if body_texts else "")
     if trailers:
         wire += "\r\n" + "\r\n".join(f"{name}: {value}" for name, value in trailers)
     texts = [wire]

@@ -29,9 +29,10 @@ import dataclasses
 from mitmproxy import http
 
 from bottle.mitm import credentials, decide, git, github, push
-from bottle.mitm.bodies import UnscannableBody, decode_content, request_texts, unpack_body
+from bottle.mitm import incremental
+from bottle.mitm.bodies import UnscannableBody, decode_content, request_head, request_texts, unpack_body
 from bottle.mitm.policy import AllowRule, Policy, normalize_host
-from bottle.mitm.scanner import ScannerUnavailable, scan_request
+from bottle.mitm.scanner import ScannerUnavailable
 from bottle.mitm.state import FlowState, Runtime, fail_closed, refuse
 
 Refusal = tuple[decide.Verdict, str]  # the verdict and how to show it (text, json, git-…)
@@ -231,13 +232,14 @@ class RequestPipeline:
     async def _scan(self, r: _Request, body_texts: list[str], trailers: list[tuple[str, str]]) -> Refusal | None:
         """pipelock's verdict on everything that goes upstream; an error blocks."""
         st = r.st
-        texts = request_texts(r.req.method, r.req.path, list(r.req.headers.items(multi=True)), body_texts, trailers,
-                              placeholder_header=st.route.header_name if st.route else None)
+        head = request_head(r.req.method, r.req.path, list(r.req.headers.items(multi=True)),
+                            placeholder_header=st.route.header_name if st.route else None)
+        texts = self._texts(r, head, body_texts, trailers)
         scanner = self.runtime.scanner
         if scanner is None:
             return decide.block(503, "scanner unavailable: no scanner configured", st.rule), "text"
         try:
-            result = await scan_request(scanner, r.req.url, texts)
+            result = await incremental.scan_request(scanner, self.runtime.scan_cache, r.req.url, texts)
         except ScannerUnavailable as e:
             return decide.block(503, f"scanner unavailable: {e.reason}", st.rule), "text"
         if result.decision != "deny":
@@ -249,6 +251,21 @@ class RequestPipeline:
             st.would_block(st.rule, reason)
             return None
         return decide.block(403, reason, st.rule), "text"
+
+    @staticmethod
+    def _texts(r: _Request, head: str, body_texts: list[str], trailers: list[tuple[str, str]]) -> list[str]:
+        """A large JSON body (a conversation re-sent every turn) is scanned as units, so what
+        was found clean before is not scanned again (bottle.mitm.incremental)."""
+        raw = body_texts[0] if body_texts else ""
+        mime = r.req.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if len(raw) >= incremental.INCREMENTAL_BYTES and len(body_texts) > 1 and (
+                mime == "application/json" or mime.endswith("+json")):
+            units = incremental.split_json_body(head, raw)
+            if units is not None:
+                if trailers:
+                    units[0] += "\r\n" + "\r\n".join(f"{name}: {value}" for name, value in trailers)
+                return units
+        return request_texts(head, body_texts, trailers)
 
     async def _request_line_flagged(self, r: _Request, result) -> bool:
         """Whether the secret is in the method or URL, which the log must then not show."""

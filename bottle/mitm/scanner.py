@@ -191,15 +191,6 @@ class _StaleConnection(Exception):
     pass
 
 
-async def scan_request(scanner, url: str, texts: list[str]) -> ScanResult:
-    """Run the url scan and a dlp scan of each text concurrently; any deny denies."""
-    url_result, *text_results = await asyncio.gather(scanner.scan_url(url), *(scanner.scan_text(t) for t in texts))
-    merged = merge_results([url_result, *text_results])
-    if url_result.decision == "deny":
-        merged = ScanResult(merged.decision, merged.findings, url_denied=True)
-    return merged
-
-
 async def probe_scanner(url: str, timeout: float = 2.0) -> bool:
     """An unauthenticated POST answered with 401 or 405 proves the scan API is up."""
     parts = urlsplit(url)

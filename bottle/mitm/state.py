@@ -30,6 +30,7 @@ class Runtime:
     scanner: Any = None
     env: Mapping[str, str] = dataclasses.field(default_factory=lambda: os.environ)
     emit: Callable[[dict[str, Any]], None] | None = None
+    scan_cache: Any = None  # bottle.mitm.incremental.CleanCache for this scanner configuration
 
     def require_policy(self) -> Policy:
         if self.policy is None:
@@ -37,6 +38,12 @@ class Runtime:
         return self.policy
 
     def replace(self, policy: Policy, scanner: Any) -> None:
+        """Swap policy and scanner; texts found clean stay clean only under the same scanner
+        configuration."""
+        from bottle.mitm.incremental import CleanCache
+
+        if self.scan_cache is None or self.policy is None or policy.scanner != self.policy.scanner:
+            self.scan_cache = CleanCache(repr(policy.scanner.__dict__))
         self.policy, self.scanner = policy, scanner
 
 

@@ -81,7 +81,32 @@ def vectors() -> list[tuple[str, bytes]]:
     return out
 
 
-VECTORS = vectors()
+def conversation_body(secret: str, where: str) -> bytes:
+    """A Messages-API-like body over the incremental-scanning threshold, with the secret
+    inside a long message, split over two adjacent long strings, at a long string's edge,
+    or in a short one; with `secret` empty, the same body clean."""
+    filler = "The build failed in test_parser.py; here is the log. " * 40
+    blocks = [filler, filler + " second", filler + " third"]
+    short = "ok"
+    half = len(secret) // 2
+    if where == "inside":
+        blocks[1] = filler[:1000] + secret + filler[1000:]
+    elif where == "split":
+        blocks[0], blocks[1] = filler + secret[:half], secret[half:] + filler
+    elif where == "edge":
+        blocks[2] = filler + secret
+    elif where == "short":
+        short = secret
+    messages = [{"role": "user", "content": [{"type": "text", "text": b} for b in blocks]},
+                {"role": "assistant", "content": [{"type": "text", "text": short}]}] * 3
+    return json.dumps({"model": "m", "system": filler * 3, "messages": messages}).encode()
+
+
+PLACES = ("inside", "split", "edge", "short")
+LARGE = [(f"{name}/conversation-{where}", request("POST", "/v1/messages", [("Content-Type", "application/json")],
+                                                  conversation_body(secret, where)))
+         for name, secret in SECRETS.items() for where in PLACES]
+VECTORS = vectors() + LARGE
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +141,7 @@ def test_the_corpus_holds_what_pipelock_flags_in_every_placement():
     assert len({name for name, _ in VECTORS}) == len(VECTORS)
 
 
-def test_whenever_pipelock_flags_the_raw_request_bottle_blocks_it(lb):
+def send_corpus(lb: Loopback) -> tuple[int, int, list[str]]:
     flagged, blocked, missed = 0, 0, []
     for name, raw in VECTORS:
         marker = uuid.uuid4().hex
@@ -128,6 +153,19 @@ def test_whenever_pipelock_flags_the_raw_request_bottle_blocks_it(lb):
         blocked += not reached
         if by_pipelock and (reached or status == 200):
             missed.append(name)
-    assert missed == [], f"pipelock alone flags these, bottle let them through: {missed}"
-    assert flagged > len(VECTORS) // 2  # the corpus really exercises the scanner
-    assert blocked >= flagged  # bottle blocks at least everything pipelock flags
+    return flagged, blocked, missed
+
+
+def test_whenever_pipelock_flags_the_raw_request_bottle_blocks_it_with_the_scan_cache_cold_and_warm(lb):
+    assert [len(body) > 16 * 1024 for _, body in LARGE] == [True] * len(LARGE)  # scanned incrementally
+    for attempt in ("cold", "warm"):
+        if attempt == "warm":  # every clean text of the large bodies, and of the first pass, is now known clean
+            for where in PLACES:
+                status, _, _ = lb.raw_http1(request("POST", "/v1/messages", [("Content-Type", "application/json")],
+                                                    conversation_body("", where)))
+                assert status == 200
+        flagged, blocked, missed = send_corpus(lb)
+        print(f"{attempt}: {len(VECTORS)} vectors, pipelock alone flags {flagged}, bottle blocks {blocked}")
+        assert missed == [], f"{attempt}: pipelock alone flags these, bottle let them through: {missed}"
+        assert flagged > len(VECTORS) // 2  # the corpus really exercises the scanner
+        assert blocked >= flagged  # bottle blocks at least everything pipelock flags

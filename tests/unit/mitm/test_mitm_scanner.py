@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from bottle.mitm.scanner import ScannerClient, ScannerUnavailable, ScanResult, parse_scan_response, probe_scanner, scan_request
+from bottle.mitm.incremental import scan_request
+from bottle.mitm.scanner import ScannerClient, ScannerUnavailable, ScanResult, parse_scan_response, probe_scanner
 
 DENY = {"status": "completed", "decision": "deny", "findings": [
     {"scanner": "dlp", "rule_id": "DLP-AWS Access ID", "severity": "critical",
@@ -108,7 +109,7 @@ def test_url_and_text_scans_run_concurrently_and_merge():
         client = ScannerClient(url, "tok", timeout=5)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        result = await scan_request(client, "https://a.test/", ["text"])
+        result = await scan_request(client, None, "https://a.test/", ["text"])
         return result, loop.time() - start
 
     result, elapsed = asyncio.run(with_server(api, go))
