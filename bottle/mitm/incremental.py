@@ -11,8 +11,11 @@ therefore scanned as units:
   boundaries, and the decoded ends of it and its neighbouring strings on adjacent lines
   (pipelock rejoins a key split over adjacent lines), so a secret split across a unit's
   edge, or across two adjacent strings, is still seen whole;
-- **the rest**: the request head and the raw body with the units cut out (structure and
-  every short string), and the short strings decoded, in document order.
+- **the rest**: the raw body with the units cut out (structure and every short string),
+  and the short strings decoded in document order, each cut into CHUNK-sized pieces at
+  fixed offsets with a seam over every cut. A conversation grows at its end, so the pieces
+  before the end are the same as last turn's and are known clean; the request head (its
+  Content-Length changes every turn) is scanned with the start of the body.
 
 Each text's verdict is its own; a text found clean is remembered by a digest (never the
 text) in an LRU bounded by MAX_ENTRIES, keyed by the scanner configuration, so a reload
@@ -34,6 +37,7 @@ from bottle.mitm.scanner import ALLOW, ScanResult, merge_results
 INCREMENTAL_BYTES = 16 * 1024
 UNIT_BYTES = 1024
 SEAM = 256  # longer than any pattern pipelock matches whole (keys, tokens, their keywords)
+CHUNK = 4096
 MAX_ENTRIES = 200_000  # ~24 MiB of digests at most
 CONCURRENCY = 8
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
@@ -101,7 +105,14 @@ def split_json_body(head: str, raw: str) -> list[str] | None:
     if not units:
         return None
     pieces.append(raw[last:])
-    return [head + "".join(pieces), "\n".join(short), *units, *seams]
+    rest = "".join(pieces)
+    return [head + rest[:SEAM], *_pieces(rest), *_pieces("\n".join(short)), *units, *seams]
+
+
+def _pieces(text: str) -> list[str]:
+    """CHUNK-sized pieces at fixed offsets, and a seam over every cut."""
+    cuts = range(CHUNK, len(text), CHUNK)
+    return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)] + [text[c - SEAM:c + SEAM] for c in cuts]
 
 
 async def scan_texts(scanner, cache: CleanCache | None, kind: str, texts: list[str]) -> ScanResult:

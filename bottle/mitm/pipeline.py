@@ -263,7 +263,8 @@ class RequestPipeline:
             units = incremental.split_json_body(head, raw)
             if units is not None:
                 if trailers:
-                    units[0] += "\r\n" + "\r\n".join(f"{name}: {value}" for name, value in trailers)
+                    units.append(raw[-incremental.SEAM:] + "\r\n"
+                                 + "\r\n".join(f"{name}: {value}" for name, value in trailers))
                 return units
         return request_texts(head, body_texts, trailers)
 

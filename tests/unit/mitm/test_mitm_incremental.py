@@ -58,13 +58,11 @@ def scan(scanner, cache, body: str) -> ScanResult:
 def test_a_large_json_body_is_cut_into_units_seams_and_the_rest():
     body = conversation(3)
     texts = split_json_body(HEAD, body)
-    rest, short, *others = texts
     decoded = json.loads(body)
     long_strings = [decoded["system"]] + [m["content"][0]["text"] for m in decoded["messages"] if m["role"] == "user"]
-    assert rest.startswith(HEAD) and len(rest) < len(body) // 2
-    assert others[:4] == long_strings  # the system prompt and three long user messages, decoded
-    assert "ok 0" in short and "model" in short  # short strings decoded, in document order
-    assert all(len(seam) <= 2 * incremental.SEAM + 1 for seam in others[4:])
+    assert texts[0].startswith(HEAD) and len(texts[0]) == len(HEAD) + incremental.SEAM
+    assert [t for t in texts if t in long_strings] == long_strings  # each long string, decoded, in order
+    assert any("ok 0" in t and "model" in t for t in texts)  # short strings decoded, in document order
     assert split_json_body(HEAD, json.dumps({"short": "x"})) is None
 
 
