@@ -17,8 +17,8 @@ therefore scanned as units:
   before the end are the same as last turn's and are known clean; the request head (its
   Content-Length changes every turn) is scanned with the start of the body.
 
-Each text's verdict is its own; a text found clean is remembered by a digest (never the
-text) in an LRU bounded by MAX_ENTRIES, keyed by the scanner configuration, so a reload
+Each text's verdict is its own (URLs included: a repeated request asks pipelock nothing);
+a text found clean is remembered by a digest (never the text) in an LRU bounded by MAX_ENTRIES, keyed by the scanner configuration, so a reload
 with another configuration starts empty. Nothing found is ever cached: a text that
 carries a finding is scanned, and refused, every time. Bodies below INCREMENTAL_BYTES and
 other content types are scanned whole, as before.
@@ -116,7 +116,8 @@ def _pieces(text: str) -> list[str]:
 
 
 async def scan_texts(scanner, cache: CleanCache | None, kind: str, texts: list[str]) -> ScanResult:
-    """pipelock's verdict on each text, skipping texts known clean; any deny denies."""
+    """pipelock's verdict on each text (`dlp`, or `url` for URLs), skipping texts known
+    clean; any deny denies."""
     todo = []
     for text in texts:
         if not text:
@@ -127,9 +128,11 @@ async def scan_texts(scanner, cache: CleanCache | None, kind: str, texts: list[s
         todo.append((key, text))
     gate = asyncio.Semaphore(CONCURRENCY)
 
+    ask = scanner.scan_url if kind == "url" else scanner.scan_text
+
     async def one(key: bytes | None, text: str) -> ScanResult:
         async with gate:
-            result = await scanner.scan_text(text)
+            result = await ask(text)
         if result.decision != "deny" and key is not None:
             cache.add(key)
         return result
@@ -140,7 +143,8 @@ async def scan_texts(scanner, cache: CleanCache | None, kind: str, texts: list[s
 
 async def scan_request(scanner, cache: CleanCache | None, url: str, texts: list[str]) -> ScanResult:
     """The url scan and the dlp scan of every text, concurrently; any deny denies."""
-    url_result, text_result = await asyncio.gather(scanner.scan_url(url), scan_texts(scanner, cache, "dlp", texts))
+    url_result, text_result = await asyncio.gather(scan_texts(scanner, cache, "url", [url]),
+                                                   scan_texts(scanner, cache, "dlp", texts))
     merged = merge_results([url_result, text_result])
     if url_result.decision == "deny":
         merged = ScanResult(merged.decision, merged.findings, url_denied=True)

@@ -123,3 +123,18 @@ def test_a_reload_with_another_scanner_configuration_empties_the_cache():
 
 def test_bodies_below_the_threshold_are_not_split():
     assert incremental.INCREMENTAL_BYTES > incremental.UNIT_BYTES
+
+
+def test_a_repeated_request_asks_pipelock_nothing_the_second_time():
+    from bottle.mitm.policy import parse_policy
+    from mitm_fixture import ENV, Chain, policy_text
+    from test_mitm_addon import FakeScanner, make_flow, run
+
+    fake = FakeScanner()
+    chain = Chain(None, fake, env=dict(ENV), emit=lambda line: None)
+    chain.runtime.replace(parse_policy(policy_text()), fake)
+    for _ in range(2):
+        f = run(chain, make_flow(method="GET", url="https://raw.githubusercontent.com/a/b", headers=[("accept", "*/*")]))
+        assert f.response.status_code == 200
+    assert (len(fake.urls), len(fake.texts)) == (1, 1)
+    assert chain.runtime.scan_cache.hits == 2
