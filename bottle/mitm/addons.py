@@ -1,5 +1,6 @@
 """The proxy's addons, in the order mitmproxy calls them for every hook.
 
+0. RequestRecorder  notes for the log what the agent sent, before anything changes it
 1. RequestPipeline  decides every request (the order of its steps is the security argument)
 2. GitPushReport    replaces upstream's answer to a refused push with bottle's report
 3. ResponseFilter   streams answers back, scrubbed of the real credential
@@ -16,7 +17,7 @@ from typing import Any
 
 from bottle.mitm.pipeline import RequestPipeline
 from bottle.mitm.push import GitPushReport
-from bottle.mitm.requestlog import RequestLog
+from bottle.mitm.requestlog import RequestLog, RequestRecorder
 from bottle.mitm.responses import ResponseFilter
 from bottle.mitm.state import Runtime
 from bottle.mitm.upstream import UpstreamGuard
@@ -25,6 +26,7 @@ from bottle.mitm.websocket import WebSocketScanner
 
 def make_addons(runtime: Runtime) -> list[Any]:
     return [
+        RequestRecorder(runtime),
         RequestPipeline(runtime),
         GitPushReport(),
         ResponseFilter(),

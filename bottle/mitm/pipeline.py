@@ -158,13 +158,13 @@ class RequestPipeline:
         if git.check_request(r.policy.git, r.host, r.req.path) is not None and git.is_push(r.req.method, r.req.path):
             refusal = push.check_encoding(r.req, r.st.rule)
             if refusal is None:
-                refusal = await self._scan(r, [])
+                refusal = await self._scan(r, [], body=False)
             if refusal is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
             return push.start(r.flow, r.st, r.policy)
         if not r.st.scan_body and not r.is_graphql:
-            if (refusal := await self._scan(r, [])) is not None:
+            if (refusal := await self._scan(r, [], body=False)) is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
             r.req.stream = _count_up(r.st)
@@ -188,7 +188,7 @@ class RequestPipeline:
             return decide.block(403, refusal.reason, refusal.rule_id), "json"
         return None
 
-    async def _scan(self, r: _Request, body_strings: list[str]) -> Refusal | None:
+    async def _scan(self, r: _Request, body_strings: list[str], *, body: bool = True) -> Refusal | None:
         """pipelock's verdict on URL + header values + body strings; an error blocks."""
         st = r.st
         skip = st.route.header_name if st.route else None
@@ -201,6 +201,7 @@ class RequestPipeline:
             result = await scan_request(scanner, r.req.url, text)
         except ScannerUnavailable as e:
             return decide.block(503, f"scanner unavailable: {e.reason}", st.rule), "text"
+        st.scanned = "full" if body else "headers"  # for the log (replay needs it)
         if result.decision != "deny":
             return None
         st.findings = [rule for rule, _ in result.findings]
