@@ -107,7 +107,9 @@ def build_plan(
     run_id: str,
     command: tuple[str, ...] | None = None,
     proxy_image: str = PROXY_IMAGE,
+    mode: str | None = None,
 ) -> BottlePlan:
+    """`mode` overrides egress.mode for one run (`bottle start --mode`)."""
     if not re.fullmatch(r"[a-z0-9]{1,16}", run_id):
         raise ValueError(f"run id must be 1-16 lower-case letters or digits, got {run_id!r}")
     data: Mapping[str, Any] = manifest.data
@@ -133,7 +135,7 @@ def build_plan(
             ),
         ),
         egress=EgressSpec(
-            mode=egress["mode"],
+            mode=mode or egress["mode"],
             allow=tuple(
                 AllowRule(
                     id=f"egress.allow[{i}]",
@@ -143,6 +145,7 @@ def build_plan(
                     ports=tuple(rule["ports"]),
                     private_upstream=rule["private_upstream"],
                     scan_body=rule["scan_body"],
+                    tls=rule["tls"],
                 )
                 for i, rule in enumerate(egress["allow"])
             ),

@@ -25,6 +25,7 @@ MODES = ("enforce", "discover")
 SCANNER_MODES = ("block", "audit")
 SCHEMES = ("bearer", "token", "basic", "header")
 GIT_ACCESS = ("read", "push")
+TLS_MODES = ("intercept", "passthrough")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MIN_PLACEHOLDER_LENGTH = 16
 
@@ -127,6 +128,9 @@ class AllowRule:
     ports: tuple[int, ...]
     private_upstream: bool
     scan_body: bool
+    # passthrough: TLS to this host is not decrypted (pinned or mutual-TLS clients); only
+    # the CONNECT target, the TLS SNI and the port are checked, nothing is scanned.
+    tls: str = "intercept"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,9 +380,12 @@ def _parse_allow(data: Any, where: str) -> AllowRule:
         _port(p, f"{obj.key('ports')}[{i}]")
     private_upstream = obj.take("private_upstream", bool)
     scan_body = obj.take("scan_body", bool)
+    tls = obj.take_choice("tls", TLS_MODES)
     obj.finish()
+    if tls == "passthrough" and (methods is not None or paths is not None):
+        raise PolicyError(f"{where}: a tls passthrough rule cannot name methods or paths (nothing is decrypted)")
     return AllowRule(id=rule_id, host=host, methods=methods, paths=paths, ports=tuple(ports_raw),
-                     private_upstream=private_upstream, scan_body=scan_body)
+                     private_upstream=private_upstream, scan_body=scan_body, tls=tls)
 
 
 def _parse_route(data: Any, where: str) -> Route:

@@ -24,7 +24,8 @@ def test_minimal_manifest_gets_every_default(write_manifest):
         },
         "egress": {
             "mode": "enforce",
-            "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True}],
+            "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True,
+                       "tls": "intercept"}],
             "routes": [],
         },
         "scanner": {"image": DEFAULT_PIPELOCK_IMAGE, "mode": "block"},
