@@ -17,6 +17,11 @@ from bottle.mitm.pipeline import peer_ip
 from bottle.mitm.state import FlowState, Runtime, fail_closed
 
 
+def emit_stdout(line: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
 class RequestRecorder:
     """Runs before every other addon: notes what the log needs from the request as the
     agent sent it, before the pipeline injects the real credential."""
