@@ -14,7 +14,7 @@ COLUMNS = ("TIME", "DECISION", "STATUS", "METHOD", "HOST", "PATH", "RULE")
 # Widths a followed log starts with (rows already written can widen them); longer cells
 # are cut with an ellipsis so rows written later stay aligned.
 FOLLOW_WIDTHS = (12, 11, 6, 7, 30, 48, 16)
-MAX_WIDTHS = (12, 11, 6, 7, 48, 72, 28)
+MAX_WIDTHS = (12, 11, 6, 7, 48, 72, 40)
 COLOURS = {"allow": "green", "block": "red", "would_block": "yellow"}
 
 

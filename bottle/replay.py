@@ -41,7 +41,7 @@ _COMPRESSED_ANSWER = "compressed response to a credentialed request"
 
 
 def replay_placeholder(token_ref: str) -> str:
-    return f"bottle-replay:{token_ref}:placeholder"
+    return f"bottle-replay-{token_ref}-placeholder"
 
 
 def replay_policy(manifest: Manifest) -> Policy:
