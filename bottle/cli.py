@@ -166,7 +166,8 @@ def suggest(logs: tuple[Path, ...], manifest: Path | None, write: bool) -> None:
     are listed but commented out.
     """
     from bottle import egresslog
-    from bottle.suggest import render_manifest, suggest_policy
+    from bottle.manifest_edit import render_manifest
+    from bottle.suggest import suggest_policy
 
     if write and manifest is None:
         raise click.UsageError("--write needs --manifest")
