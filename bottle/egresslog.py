@@ -88,7 +88,7 @@ def parse_line(raw: str, file: Path, number: int, *, last: bool = False) -> Entr
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        truncated = last and not raw.endswith("\n") and e.pos >= len(text) - 1
+        truncated = last and not raw.endswith("\n")
         detail = "the line is cut off (was the log copied while it was written?)" if truncated else \
             f"{e.msg} at column {e.colno}"
         raise LogError(f"{where}: not a JSON log line: {detail}") from None

@@ -39,10 +39,10 @@ def cells(entry: Entry) -> tuple[list[str], str]:
     d = entry.data
     clock = str(d.get("time") or "")[11:23]
     if entry.kind == "dns":
-        return [clock, d.get("decision", ""), "-", "DNS", str(d.get("qname") or "?"), f"type {d.get('qtype')}", ""], \
+        return [clock, d.get("decision", ""), "-", "DNS", str(d.get("qname") or "?"), f"type {d.get('qtype')}", "-"], \
             d.get("reason", "")
     if entry.kind == "event":
-        return [clock, d.get("decision", ""), "-", "EVENT", str(d.get("event")), "", ""], d.get("reason", "")
+        return [clock, d.get("decision", ""), "-", "EVENT", str(d.get("event")), "", "-"], d.get("reason", "")
     default_port = {"https": 443, "http": 80}.get(str(d.get("scheme")), 443)
     host = d["host"] if d["port"] == default_port else f"{d['host']}:{d['port']}"
     path = d["path"]
