@@ -97,8 +97,11 @@ def _as_comment(comment: str, node: CommentedMap) -> str:
                                       for line in out.getvalue().rstrip("\n").splitlines())
 
 
-def _doubtful(suggestion: Suggestion) -> str | None:
-    parts = [_as_comment(r.comment(), _rule_node(r)) for r in suggestion.rules if not r.active]
+def _doubtful(suggestion: Suggestion, already: str = "") -> str | None:
+    """The entries left for the user to decide, as comments; those already listed in the
+    text (a suggestion merged before) are not listed again."""
+    parts = [_as_comment(r.comment(), _rule_node(r)) for r in suggestion.rules
+             if not r.active and f"# - host: {r.host}\n" not in already]
     parts += [_as_comment(f"{r.comment()}; the log does not tell how it is sent: check the scheme", _route_node(r))
               for r in suggestion.routes if r.scheme is None and r.extends is None]
     if not parts:
@@ -175,14 +178,12 @@ def merge_suggestion(path: Path, suggestion: Suggestion) -> str:
     allow = _list(egress, "allow")
     active_rules = [r for r in suggestion.rules if r.active]
     trailing: list[str] = []
-    doubt = _doubtful(suggestion)
-    lead = header(suggestion) if (active_rules or doubt) else None
+    doubt = _doubtful(suggestion, text)
     if active_rules:
-        if doubt:
-            lead, doubt = f"{lead}\n{doubt}", None
-        _append(allow, active_rules, _rule_node, indent=item_indent, first=lead)
-    elif doubt:
-        trailing += _anchor_before_next(data, egress, "allow", f"{lead}\n{doubt}", item_indent)
+        _append(allow, active_rules, _rule_node, indent=item_indent, first=header(suggestion))
+    if doubt:
+        doubt = doubt if active_rules else f"{header(suggestion)}\n{doubt}"
+        trailing += _anchor_before_next(data, egress, "allow", doubt, item_indent)
     _merge_routes(egress, suggestion, {r.host for r in active_rules}, item_indent)
     _merge_repositories(data, suggestion, item_indent)
     out = io.StringIO()
