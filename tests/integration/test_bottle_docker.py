@@ -343,3 +343,21 @@ def test_cleanup_removes_what_a_killed_bottle_left(manifest, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"removing container {bottle_id}-agent" in result.stdout.decode()
     assert leftovers(bottle_id) == []
+
+
+def test_a_passthrough_host_is_reached_without_decryption_and_logged_unscanned(manifest, run_bottle, upstream):
+    rules = """
+egress:
+  allow:
+    - host: upstream.test
+      tls: passthrough
+      private_upstream: true
+"""
+    # -k: the agent meets the upstream's own certificate, which only the test CA signed.
+    run = run_bottle(manifest(rules), "sh", "-c",
+                     "curl -sSkv https://upstream.test/ 2>&1 | grep -E '^\\*  issuer:|^hello from'")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["*  issuer: CN=bottle test upstream CA", "hello from upstream"]
+    (line,) = run.requests()
+    assert (line["method"], line["host"], line["decision"], line["rule"], line["scan"]) == (
+        "CONNECT", "upstream.test", "allow", "egress.allow[0]", "none")
