@@ -179,7 +179,10 @@ def suggest(logs: tuple[Path, ...], manifest: Path | None, write: bool) -> None:
     from bottle.manifest_edit import merge_suggestion
 
     loaded = load_manifest(manifest)
-    text = merge_suggestion(manifest, suggest_policy(entries, manifest=loaded))
+    suggestion = suggest_policy(entries, manifest=loaded)
+    for note in suggestion.notes:
+        click.echo(f"bottle: not suggested: {note}", err=True)
+    text = merge_suggestion(manifest, suggestion)
     if not write:
         click.echo(text, nl=False)
         return
