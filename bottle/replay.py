@@ -32,8 +32,8 @@ from bottle.plan import build_plan
 REPORT_VERSION = 1
 CHANGES = ("newly_blocked", "newly_allowed", "unchanged", "undecidable")
 _NEUTRAL = "bottle-replay-not-a-placeholder"
-# Refusals that are not the policy's to make: they stay what they were.
-_NOT_POLICY = ("misdirected request: ",)
+# Refusals that are not the policy's to make (the client, domain fronting): they stay.
+_NOT_POLICY = ("misdirected request: ", "client ")
 _ENVIRONMENT = ("scanner unavailable", "internal error in bottle's", "proxy error: ")
 _BODY_REFUSALS = ("request body of ", "decoded request body exceeds", "content encoding ", " body could not be decoded",
                   "body cannot be scanned", "multipart")

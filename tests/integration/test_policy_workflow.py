@@ -12,14 +12,13 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.conftest import bottle_env, docker, leftovers
+from tests.integration.conftest import bottle_env, certs_tar, docker, leftovers, wait_listening
 from tests.support.certs import make_upstream_pki
 from tests.support.prereq import missing
 
@@ -50,13 +49,6 @@ git push -q origin "HEAD:refs/heads/sandbox/$BRANCH" 2>&1; echo "push $?"
 """
 
 
-def _wait_listening(container: str) -> None:
-    deadline = time.monotonic() + 20
-    while b'"listening"' not in docker("logs", container).stdout:
-        assert time.monotonic() < deadline, f"{container} never started listening"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def world(engine, tmp_path_factory):
     """An API upstream (several names) and a git server as github.com on one test network."""
@@ -66,10 +58,7 @@ def world(engine, tmp_path_factory):
     network = f"bottle-test-flownet-{suffix}"
     git_container, api_container = f"bottle-test-flowgit-{suffix}", f"bottle-test-flowapi-{suffix}"
     pki = make_upstream_pki(tmp_path_factory.mktemp("flowpki"), ["github.com", *API_HOSTS])
-    tar = subprocess.run(
-        ["tar", "-C", str(pki["cert"].parent), "--transform", "s,^,certs/,", "-cf", "-", "server.pem", "server.key"],
-        capture_output=True, check=True,
-    ).stdout
+    tar = certs_tar(pki)
     docker("network", "create", "--label", "dev.bottle.test=true", network)
     try:
         docker("create", "--name", git_container, "--network", network, "--network-alias", "github.com",
@@ -81,7 +70,7 @@ def world(engine, tmp_path_factory):
         for container in (git_container, api_container):
             docker("cp", "-", f"{container}:/", input=tar)
             docker("start", container)
-            _wait_listening(container)
+            wait_listening(container)
         yield {"network": network, "ca": pki["ca"], "git": git_container}
     finally:
         docker("rm", "-f", git_container, api_container, check=False)

@@ -184,3 +184,11 @@ def test_the_start_mode_flag_overrides_the_manifest_for_one_run():
     assert json.loads(result.output)["egress"]["mode"] == "discover"
     text = CliRunner().invoke(cli, ["start", "--dry-run", "--mode", "discover", str(example)]).output
     assert "Egress (discover: nothing is blocked by these rules" in text
+
+
+def test_logs_follow_on_a_finished_log_prints_it_and_returns(log):
+    result = CliRunner().invoke(cli, ["logs", str(log), "-f", "--blocked"])
+    assert result.exit_code == 0
+    rows = result.stdout.splitlines()
+    assert rows[0].split() == ["TIME", "DECISION", "STATUS", "METHOD", "HOST", "PATH", "RULE", "REASON"]
+    assert [row.split()[1] for row in rows[1:]] == ["block", "block", "would_block", "block"]

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -238,3 +237,24 @@ def test_replay_refuses_a_log_from_before_format_2_with_the_line(tmp_path):
     result = CliRunner().invoke(cli, ["policy", "replay", str(log), str(path)], standalone_mode=False)
     assert isinstance(result.exception, Exception)
     assert str(result.exception).startswith(f"{log}:1: log format 1 lacks what replay needs")
+
+
+def test_refusals_that_are_not_the_policys_stay_and_an_unreachable_scanner_is_undecidable(tmp_path):
+    from bottle.mitm.logformat import log_line
+
+    base = dict(time="t", bottle="b", client=AGENT, method="POST", scheme="https", host="api.anthropic.com",
+                port=443, path="/v1/messages", status=403, decision="block")
+    lines = [
+        log_line(**base, reason="client 172.20.0.9 is not this bottle's agent"),
+        log_line(**{**base, "status": 421}, reason="misdirected request: CONNECT target api.anthropic.com, TLS "
+                                                   "SNI evil.example.net do not agree"),
+        log_line(**{**base, "status": 503}, rule="egress.allow[0]",
+                 reason="scanner unavailable: connection refused"),
+    ]
+    log = tmp_path / "l.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = replay_entries(read_log(log), manifest())
+    assert [(r.change, r.after.decision) for r in report.results] == [
+        ("unchanged", "block"), ("unchanged", "block"), ("undecidable", "undecidable")]
+    assert report.results[2].after.reason == ("when logged, the request was refused for a reason outside the "
+                                              "policy (scanner unavailable: connection refused)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import random
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from bottle.cli import cli
-from bottle.egresslog import parse_line, read_log
+from bottle.egresslog import parse_line
 from bottle.manifest import json_schema, load_manifest
 from bottle.manifest_edit import guess_indent, render_manifest
 from bottle.mitm.logformat import log_line
