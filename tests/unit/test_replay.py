@@ -258,3 +258,28 @@ def test_refusals_that_are_not_the_policys_stay_and_an_unreachable_scanner_is_un
         ("unchanged", "block"), ("unchanged", "block"), ("undecidable", "undecidable")]
     assert report.results[2].after.reason == ("when logged, the request was refused for a reason outside the "
                                               "policy (scanner unavailable: connection refused)")
+
+
+def test_a_passthrough_tunnel_replays_as_the_proxy_decided_it(tmp_path):
+    from types import SimpleNamespace
+
+    text = MANIFEST.format(mode="enforce", scanner="block").replace(
+        "    - host: basic.example.com\n  routes:", "    - host: basic.example.com\n"
+        "    - {host: pinned.example.com, tls: passthrough, ports: [443]}\n  routes:")
+    m = manifest(text=text, tmp_path=tmp_path)
+    lines: list[dict] = []
+    chain = Chain(replay_policy(m), None, env=dict(ENV), emit=lines.append)
+    data = SimpleNamespace(context=SimpleNamespace(server=SimpleNamespace(address=("pinned.example.com", 443)),
+                                                   client=SimpleNamespace(peername=(AGENT, 1))),
+                           client_hello=SimpleNamespace(sni="pinned.example.com"), ignore_connection=False)
+    with taddons.context(*chain.addons):
+        asyncio.run(next(a for a in chain.addons if hasattr(a, "tls_clienthello")).tls_clienthello(data))
+    log = tmp_path / "l.jsonl"
+    log.write_text(json.dumps(lines[0]) + "\n")
+    (same,) = replay_entries(read_log(log), m).results
+    assert (same.change, same.after.decision, same.after.rule) == ("unchanged", "allow", "egress.allow[5]")
+    assert same.after.note == "TLS passthrough: not decrypted, not scanned"
+    (intercepted,) = replay_entries(read_log(log), manifest(text=text.replace(", tls: passthrough", ""),
+                                                             tmp_path=tmp_path)).results
+    assert (intercepted.change, intercepted.after.note) == (
+        "unchanged", "now decrypted: each request in the tunnel is checked on its own")
