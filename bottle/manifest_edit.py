@@ -229,13 +229,16 @@ def _merge_routes(egress: CommentedMap, suggestion: Suggestion, new_hosts: set[s
 
 
 def _extend_route(node: CommentedMap, route: Route) -> None:
-    paths = node.get("paths")
-    if paths is None:
-        return  # the route already covers every path
-    added = [p for p in route.paths if not any(p.startswith(q) for q in paths)]
-    paths.extend(added)
-    if added and "paths" not in node.ca.items:
-        node.yaml_add_eol_comment(f"suggested: + {', '.join(added)} ({route.comment()})", "paths")
+    """More paths (and methods, if the route names them) for a route the log shows too narrow."""
+    for key, wanted, covered in (("paths", route.paths, lambda p, q: p.startswith(q)),
+                                 ("methods", route.methods, lambda m, n: m == n)):
+        have = node.get(key)
+        if have is None:
+            continue  # the route already covers every path (or method)
+        added = [w for w in wanted if not any(covered(w, h) for h in have)]
+        have.extend(added)
+        if added and key not in node.ca.items:  # never replace the user's own comment
+            node.yaml_add_eol_comment(f"suggested: + {', '.join(added)} ({route.comment()})", key)
 
 
 def _merge_repositories(data: CommentedMap, suggestion: Suggestion, indent: int) -> None:

@@ -95,6 +95,7 @@ class Route:
     count: int
     example: str
     extends: int | None = None  # index in the manifest's egress.routes
+    methods: tuple[str, ...] = ()  # the methods seen, for a route that names its methods
 
     def comment(self) -> str:
         what = f"{self.count} request{'s' if self.count != 1 else ''} carried {self.token_ref}'s placeholder, " \
@@ -394,7 +395,8 @@ def _routes(lines: list[Entry], manifest: Manifest | None) -> tuple[list[Route],
                       if r["auth"]["token_ref"] == ref and host_matches(r["host"], host)), None)
         scheme, header = _scheme(ref, used.get((ref, host), []) + refused.get((ref, host), []))
         out.append(Route(token_ref=ref, host=host, paths=collapse(generalize(e["path"]) for e in es) or ("/",),
-                         scheme=scheme, header=header, count=len(es), example=_example(es), extends=index))
+                         scheme=scheme, header=header, count=len(es), example=_example(es), extends=index,
+                         methods=tuple(sorted({e["method"] for e in es}))))
     return out, notes
 
 

@@ -229,3 +229,11 @@ def test_the_example_manifest_round_trips_unchanged_when_nothing_is_new(tmp_path
     log = tmp_path / "none.jsonl"
     log.write_text("")
     assert suggest(str(log), "--manifest", str(path)).stdout == example
+
+
+def test_a_route_that_names_its_methods_gets_the_method_it_refused(tmp_path):
+    path = tmp_path / "bottle.yaml"
+    path.write_text(MANIFEST.replace("      paths: [/v1/]\n      auth:", "      methods: [POST]\n      auth:"))
+    merged = suggest(str(LOGS / "discover.jsonl"), "--manifest", str(path)).stdout
+    assert ("      methods: [POST, GET]  # suggested: + GET (2 requests carried BOTTLE_TEST_API_KEY's placeholder, "
+            "e.g. GET /api/claude_code/policy_limits; refused outside this route until now)\n") in merged
