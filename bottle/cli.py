@@ -128,13 +128,13 @@ def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format:
     if output_format == "json":
         show = lambda entry: click.echo(entry.raw)  # noqa: E731
     if not follow:
-        kept = [entry for entry in egresslog.read_log(path) if filters.keep(entry)]
-        if output_format == "table":
-            table = Table().fit(kept)
+        if output_format == "table":  # a first pass over the file sizes the columns
+            table = Table().fit(e for e in egresslog.iter_log(path) if filters.keep(e))
             click.echo(table.header())
             show = lambda entry: click.echo(table.row(entry))  # noqa: E731
-        for entry in kept:
-            show(entry)
+        for entry in egresslog.iter_log(path):
+            if filters.keep(entry):
+                show(entry)
         return
     if output_format == "table":
         table = Table(FOLLOW_WIDTHS)

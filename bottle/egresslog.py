@@ -23,12 +23,14 @@ from bottle.errors import LogError
 from bottle.mitm.logformat import LOG_FORMAT, SCAN_COVERAGE
 
 DECISIONS = ("allow", "block", "would_block")
+_ABSENT = object()
 # Fields a request line must have, with their JSON types, for any tool to use it.
 _REQUEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "method": str, "host": str, "port": int, "path": str, "status": int, "decision": str,
     "rule": (str, type(None)), "reason": str,
 }
-_FORMAT_2_FIELDS: dict[str, type | tuple[type, ...]] = {"headers": list, "placeholders": dict, "scan": str}
+_FORMAT_2_FIELDS: dict[str, type | tuple[type, ...]] = {**_REQUEST_FIELDS, "headers": list, "placeholders": dict,
+                                                         "scan": str}
 
 
 def logs_dir(env: Mapping[str, str]) -> Path:
@@ -40,7 +42,7 @@ def default_log_path(bottle_id: str, env: Mapping[str, str]) -> Path:
     return logs_dir(env) / f"{bottle_id}.jsonl"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Entry:
     """One line of a log: where it is, its text and its fields."""
 
@@ -107,11 +109,11 @@ def parse_line(raw: str, file: Path, number: int, *, last: bool = False) -> Entr
 
 
 def _check_request(entry: Entry, version: int) -> None:
-    fields = dict(_REQUEST_FIELDS, **(_FORMAT_2_FIELDS if version >= 2 else {}))
-    for key, kind in fields.items():
-        value = entry.data.get(key)
-        if key not in entry.data or not isinstance(value, kind) or isinstance(value, bool):
-            found = "nothing" if key not in entry.data else json.dumps(value)
+    data = entry.data
+    for key, kind in (_FORMAT_2_FIELDS if version >= 2 else _REQUEST_FIELDS).items():
+        value = data.get(key, _ABSENT)
+        if not isinstance(value, kind) or value is True or value is False:
+            found = "nothing" if value is _ABSENT else json.dumps(value)
             raise LogError(f"{entry.where}: a request line needs {key!r} "
                            f"({_type_name(kind)}); found {found}")
     if entry["decision"] not in DECISIONS:
@@ -128,28 +130,29 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 
 def read_log(path: Path) -> list[Entry]:
     """Every entry of one log file, in order."""
+    return list(iter_log(path))
+
+
+def iter_log(path: Path) -> Iterator[Entry]:
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")
     except FileNotFoundError:
         raise LogError(f"{path}: no such log file") from None
     except IsADirectoryError:
         raise LogError(f"{path}: is a directory, expected a log file (.jsonl)") from None
     except OSError as e:
         raise LogError(f"{path}: cannot be read: {e.strerror}") from None
-    lines = data.split(b"\n")
-    entries = []
-    for i, chunk in enumerate(lines):
-        if not chunk.strip():
-            continue
-        try:
-            raw = chunk.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise LogError(f"{path}:{i + 1}: not UTF-8 text (byte {e.start})") from None
-        last = i == len(lines) - 1
-        entry = parse_line(raw if last else raw + "\n", path, i + 1, last=last)
-        if entry is not None:
-            entries.append(entry)
-    return entries
+    with handle:
+        for number, chunk in enumerate(handle, 1):
+            if not chunk.strip():
+                continue
+            try:
+                raw = chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LogError(f"{path}:{number}: not UTF-8 text (byte {e.start})") from None
+            entry = parse_line(raw, path, number, last=not raw.endswith("\n"))
+            if entry is not None:
+                yield entry
 
 
 def read_logs(paths: Iterable[Path]) -> list[Entry]:
