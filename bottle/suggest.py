@@ -30,6 +30,7 @@ from bottle.egresslog import Entry, requests
 from bottle.manifest import Manifest
 from bottle.mitm import decide, git
 from bottle.mitm.policy import Policy, clean_path, host_matches, normalize_host
+from bottle.replay import replay_policy
 
 PREFIX_DEPTH = 2
 COLLAPSE_AT = 5
@@ -129,14 +130,8 @@ class Suggestion:
     repositories: tuple[Repository, ...]
     notes: tuple[str, ...]  # what was seen and deliberately not suggested
 
-    @property
-    def empty(self) -> bool:
-        return not (self.rules or self.routes or self.repositories)
-
 
 def suggest_policy(entries: Iterable[Entry], manifest: Manifest | None = None) -> Suggestion:
-    from bottle.replay import replay_policy
-
     policy = replay_policy(manifest) if manifest is not None else None
     lines = sorted(requests(entries), key=_order)
     notes: list[str] = []
