@@ -65,7 +65,13 @@ def schema() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the proxy's JSON request log here (default: under $XDG_STATE_HOME/bottle/logs).",
 )
-def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None) -> None:
+@click.option(
+    "--mode",
+    type=click.Choice(["discover", "enforce"]),
+    help="Override egress.mode for this run: discover logs what enforce would block and lets it through.",
+)
+def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
+          mode: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
     Put a command after `--` to run it instead of the manifest's agent.command:
@@ -80,7 +86,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
-                      proxy_image=proxy_image(os.environ))
+                      proxy_image=proxy_image(os.environ), mode=mode)
     dplan = docker_plan(plan)
     if dry_run:
         if output_format == "json":
@@ -97,6 +103,119 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
     exit_code = run_bottle(dplan, DockerBackend.from_environment(), egress_log=egress_log)
     sys.exit(exit_code)
+
+
+@cli.command()
+@click.argument("log", metavar="BOTTLE_OR_LOGFILE")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the bottle stops.")
+@click.option("--blocked", is_flag=True, help="Only requests that were blocked or would be (would_block).")
+@click.option("--host", metavar="HOST", help="Only this host (or *.suffix).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json passes the log's own lines through (filters still apply).")
+def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format: str) -> None:
+    """Show a bottle's egress log: a log file, a bottle id, or the start of one (`claude`).
+
+    Logs live in $XDG_STATE_HOME/bottle/logs/<bottle id>.jsonl; a name that matches several
+    shows the newest.
+    """
+    from bottle import egresslog
+    from bottle.logtable import FOLLOW_WIDTHS, Filters, Table
+
+    path, matches = egresslog.resolve_log(log, os.environ)
+    if len(matches) > 1:
+        click.echo(f"bottle: {len(matches)} logs match {log!r}; showing the newest: {path}", err=True)
+    filters = Filters(blocked=blocked, host=host.lower() if host else None)
+    if output_format == "json":
+        show = lambda entry: click.echo(entry.raw)  # noqa: E731
+    if not follow:
+        if output_format == "table":  # a first pass over the file sizes the columns
+            table = Table().fit(e for e in egresslog.iter_log(path) if filters.keep(e))
+            click.echo(table.header())
+            show = lambda entry: click.echo(table.row(entry))  # noqa: E731
+        for entry in egresslog.iter_log(path):
+            if filters.keep(entry):
+                show(entry)
+        return
+    if output_format == "table":
+        table = Table(FOLLOW_WIDTHS)
+        click.echo(table.header())
+        show = lambda entry: click.echo(table.row(entry))  # noqa: E731
+    egresslog.follow(path, lambda entry: show(entry) if filters.keep(entry) else None)
+
+
+@cli.group()
+def policy() -> None:
+    """Turn egress logs into policy, and check a policy against logged traffic.
+
+    \b
+    bottle start --mode discover M      log what enforce would block, let it through
+    bottle policy suggest LOG...        a reviewable egress/git policy from the log
+    bottle policy replay LOG... M       what M would block or allow of that traffic
+    """
+
+
+@policy.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path),
+              help="Merge the suggestion into this manifest (printed; with --write, written in place).")
+@click.option("--write", is_flag=True, help="Write the merged manifest back to --manifest, comments and order kept.")
+def suggest(logs: tuple[Path, ...], manifest: Path | None, write: bool) -> None:
+    """Suggest egress rules, credential routes and git repositories from egress logs.
+
+    Prints a manifest to review. Hosts that look like telemetry or unknown third parties
+    are listed but commented out.
+    """
+    from bottle import egresslog
+    from bottle.manifest_edit import render_manifest
+    from bottle.suggest import suggest_policy
+
+    if write and manifest is None:
+        raise click.UsageError("--write needs --manifest")
+    entries = egresslog.read_logs(logs)
+    if manifest is None:
+        click.echo(render_manifest(suggest_policy(entries)), nl=False)
+        return
+    from bottle.manifest import load_manifest
+    from bottle.manifest_edit import merge_suggestion
+
+    loaded = load_manifest(manifest)
+    suggestion = suggest_policy(entries, manifest=loaded)
+    for note in suggestion.notes:
+        click.echo(f"bottle: not suggested: {note}", err=True)
+    text = merge_suggestion(manifest, suggestion)
+    if not write:
+        click.echo(text, nl=False)
+        return
+    if text == manifest.read_text(encoding="utf-8"):
+        click.echo(f"{manifest}: nothing to add; the manifest already allows this traffic", err=True)
+        return
+    manifest.write_text(text, encoding="utf-8")
+    click.echo(f"{manifest}: merged; review the change (e.g. git diff {manifest})", err=True)
+
+
+@policy.command()
+@click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def replay(logs: tuple[Path, ...], manifest: Path, output_format: str) -> None:
+    """Check MANIFEST against logged traffic with the proxy's own decision code.
+
+    Reports what it would newly block (with the rule and reason), newly allow, and leave
+    unchanged, and what the log cannot decide. Exits 1 when anything would newly be
+    blocked, so CI can gate policy changes.
+    """
+    from bottle import egresslog
+    from bottle.manifest import load_manifest
+    from bottle.replay import render_report, replay_entries
+
+    loaded = load_manifest(manifest)
+    report = replay_entries(egresslog.read_logs(logs), loaded)
+    if output_format == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(render_report(report), nl=False)
+    if report.newly_blocked:
+        sys.exit(1)
 
 
 @cli.command()

@@ -49,3 +49,9 @@ class BuildError(BottleError):
     """An image or a component cannot be built (e.g. unverified source, a failed compile)."""
 
     exit_code = 7
+
+
+class LogError(BottleError):
+    """An egress log cannot be found or read (a corrupt or truncated line, a newer format)."""
+
+    exit_code = 8

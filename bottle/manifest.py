@@ -107,6 +107,14 @@ ALLOW_RULE = Obj(
                 "in host names. Bits per character; default 3.5; 6 or more turns the check off."),
             default=contract.DEFAULT_MAX_LABEL_ENTROPY,
         ),
+        "tls": Field(
+            Str(choices=contract.TLS_MODES,
+                description="intercept (default): TLS is decrypted and every request checked and scanned. "
+                "passthrough: for pinned or mutual-TLS clients; the tunnel is not decrypted, only host (CONNECT "
+                "target and TLS SNI) and port are checked, nothing is scanned. Allows no methods, paths, "
+                "scan_body, credential routes or git repositories."),
+            default="intercept",
+        ),
     },
 )
 
@@ -389,6 +397,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     data = MANIFEST_SCHEMA.check(document, (), problems)
     if not problems:
         problems.extend(_check_semantics(data, path))
+        problems.extend(_check_passthrough(document, data))
     if problems:
         raise ManifestError(_format_problems(path, problems, lines))
     return Manifest(path=path, data=data)
@@ -547,6 +556,50 @@ def _check_git(data: Mapping[str, Any]) -> list[Problem]:
             problems.append(Problem((*at, "method"), "no method with graphql (GraphQL is POST /graphql)",
                                     f"string {deny['method']!r}"))
     return problems
+
+
+_NOT_WITH_PASSTHROUGH = {
+    "methods": "no methods on a tls: passthrough rule (the proxy does not decrypt it, so it sees no requests)",
+    "paths": "no paths on a tls: passthrough rule (the proxy does not decrypt it, so it sees no paths)",
+    "scan_body": "no scan_body on a tls: passthrough rule (nothing of it is scanned)",
+}
+
+
+def _check_passthrough(document: Mapping[str, Any], data: Mapping[str, Any]) -> list[Problem]:
+    """A passthrough rule is host and port only: what the proxy cannot see, it cannot rule on."""
+    problems: list[Problem] = []
+    rules = data["egress"]["allow"]
+    raw_rules = document.get("egress", {}).get("allow", [])
+    for i, rule in enumerate(rules):
+        if rule["tls"] != "passthrough":
+            continue
+        at = ("egress", "allow", i)
+        for key, expected in _NOT_WITH_PASSTHROUGH.items():
+            if key in raw_rules[i]:
+                problems.append(Problem((*at, key), expected, schema.describe(raw_rules[i][key])))
+        for j, other in enumerate(rules):
+            if j != i and _hosts_overlap(rule["host"], other["host"]) and set(rule["ports"]) & set(other["ports"]):
+                problems.append(Problem((*at, "host"), "a host no other egress.allow rule covers on the same port "
+                                        f"(egress.allow[{j}] covers {other['host']}; decrypt it or pass it through, "
+                                        "not both)", f"string {rule['host']!r}"))
+        for j, route in enumerate(data["egress"]["routes"]):
+            if _hosts_overlap(rule["host"], route["host"]):
+                problems.append(Problem(("egress", "routes", j, "host"), "a host whose TLS the proxy decrypts "
+                                        f"(egress.allow[{i}] passes {rule['host']} through, so no credential "
+                                        "can be injected)", f"string {route['host']!r}"))
+        for j, repo in enumerate(data.get("git", {}).get("repositories", [])):
+            if host_matches(rule["host"], repo["repo"].split("/", 1)[0]):
+                problems.append(Problem(("git", "repositories", j, "repo"), "a repository on a host whose TLS the "
+                                        f"proxy decrypts (egress.allow[{i}] passes it through, so git cannot be "
+                                        "checked)", f"string {repo['repo']!r}"))
+    return problems
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Some host name matches both patterns."""
+    if a == b or host_matches(a, b.removeprefix("*.")) or host_matches(b, a.removeprefix("*.")):
+        return True
+    return a.startswith("*.") and b.startswith("*.") and (a.endswith(b[1:]) or b.endswith(a[1:]))
 
 
 def _route_is_allowed(route: Mapping[str, Any], rules: list[Mapping[str, Any]]) -> bool:

@@ -108,7 +108,9 @@ def build_plan(
     run_id: str,
     command: tuple[str, ...] | None = None,
     proxy_image: str = PROXY_IMAGE,
+    mode: str | None = None,
 ) -> BottlePlan:
+    """`mode` overrides egress.mode for one run (`bottle start --mode`)."""
     if not re.fullmatch(r"[a-z0-9]{1,16}", run_id):
         raise ValueError(f"run id must be 1-16 lower-case letters or digits, got {run_id!r}")
     data: Mapping[str, Any] = manifest.data
@@ -134,7 +136,7 @@ def build_plan(
             ),
         ),
         egress=EgressSpec(
-            mode=egress["mode"],
+            mode=mode or egress["mode"],
             allow=tuple(
                 AllowRule(
                     id=f"egress.allow[{i}]",
@@ -145,6 +147,7 @@ def build_plan(
                     private_upstream=rule["private_upstream"],
                     scan_body=rule["scan_body"],
                     max_label_entropy=float(rule["max_label_entropy"]),
+                    tls=rule["tls"],
                 )
                 for i, rule in enumerate(egress["allow"])
             ),

@@ -36,11 +36,14 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
         extras = []
         if rule.private_upstream:
             extras.append("private upstream addresses allowed")
-        if not rule.scan_body:
+        if rule.tls == "passthrough":
+            extras.append("TLS passthrough: not decrypted, nothing scanned")
+        elif not rule.scan_body:
             extras.append("bodies not scanned")
+        scope = ("" if rule.tls == "passthrough" else
+                 f"methods {_list(rule.methods, 'any')}; paths {_list(rule.paths, 'any')}; ")
         lines.append(
-            f"  {rule.id:<16} {rule.host}  methods {_list(rule.methods, 'any')}; "
-            f"paths {_list(rule.paths, 'any')}; ports {', '.join(map(str, rule.ports))}"
+            f"  {rule.id:<16} {rule.host}  {scope}ports {', '.join(map(str, rule.ports))}"
             + (f"  [{'; '.join(extras)}]" if extras else "")
         )
     lines += ["", "Credentials (injected by the proxy; the agent only holds a placeholder)"]

@@ -14,14 +14,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from bottle import egresslog
 from bottle.backend.base import BottleBackend
+from bottle.egresslog import default_log_path
+from bottle.errors import LogError
 from bottle.launch.secrets import make_secrets
 from bottle.signals import Terminated, signals_ignored, signals_raise
 
-
-def default_log_path(bottle_id: str, env: Mapping[str, str]) -> Path:
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "bottle" / "logs" / f"{bottle_id}.jsonl"
+__all__ = ["default_log_path", "run_bottle"]
 
 
 def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
@@ -38,6 +38,8 @@ def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
     try:
         with signals_raise():
             stack.enter_context(contextlib.closing(_TeardownGuard()))
+            # Released last, once the log is complete: `bottle logs -f` follows until then.
+            stack.enter_context(egresslog.writing(log_path))
             print(f"bottle: starting {plan.bottle_id}", file=sys.stderr)
             running = stack.enter_context(backend.launch(dplan, launch_secrets, env=env))
             print(f"bottle: mitm ca fingerprint: {launch_secrets.ca.short_fingerprint}…", file=sys.stderr)
@@ -50,6 +52,17 @@ def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
     finally:
         with signals_ignored():
             stack.close()
+            _print_summary(log_path)
+
+
+def _print_summary(log_path: Path) -> None:
+    """One line: how many requests, how many blocked, and where the log is."""
+    if not log_path.is_file() or log_path.stat().st_size == 0:
+        return
+    try:
+        print(egresslog.summary(egresslog.read_log(log_path), log_path), file=sys.stderr)
+    except LogError as e:
+        print(f"bottle: log: {log_path} ({e.message})", file=sys.stderr)
 
 
 class _TeardownGuard:

@@ -66,6 +66,7 @@ class AnswerScan:
     decoder: _Decoder
     limit: int
     held: bool = False  # block mode, not a stream: the whole answer waits for `response`
+    ended: bool = False  # the stream's end (b"") was fed
     pending: str = ""
     scanned: int = 0
     truncated: bool = False
@@ -93,7 +94,8 @@ class AnswerScan:
         elif len(self.pending) >= BATCH:
             self._enqueue(self.pending)
             self.pending = ""
-        if not chunk:
+        if not chunk and not self.ended:
+            self.ended = True
             self._enqueue(self.pending)
             self.pending = ""
             self.queue.put_nowait(None)
@@ -166,6 +168,8 @@ class ResponseScanner:
         policy = self.runtime.require_policy()
         if scan.held:  # the whole answer is here: scrub it, then scan it before it goes
             _scan_held(flow, st, scan)
+        elif not scan.ended:  # an answer without a body never reaches the stream function's end
+            scan.feed(b"")
         await scan.finish(policy.scanner.timeout_seconds)
         _record(flow, st, scan, block=policy.scanner.responses == "block")
 

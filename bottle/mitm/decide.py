@@ -86,9 +86,22 @@ def rules_for_host(policy: Policy, host: str) -> list[AllowRule]:
 
 
 def find_rule(policy: Policy, host: str, port: int, method: str, path: str) -> AllowRule | None:
+    """The rule allowing a decrypted request; a passthrough rule allows none (it allows a
+    tunnel, and only when it is not decrypted)."""
     for rule in rules_for_host(policy, host):
+        if rule.tls == "passthrough":
+            continue
         if port in rule.ports and method_matches(rule.methods, method) and path_matches(rule.paths, path):
             return rule
+    return None
+
+
+def passthrough_rule(policy: Policy, host: str, port: int) -> AllowRule | None:
+    """The rule a TLS connection to host:port passes through undecrypted: only when every
+    rule for host:port says passthrough (the manifest allows no mix)."""
+    rules = [r for r in rules_for_host(policy, host) if port in r.ports]
+    if rules and all(r.tls == "passthrough" for r in rules):
+        return rules[0]
     return None
 
 

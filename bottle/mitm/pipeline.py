@@ -93,7 +93,7 @@ class RequestPipeline:
         its trailers carry a secret."""
         r = self._request(flow)
         trailers = self._trailers(r)
-        if not r.st.blocked and trailers and (refusal := await self._scan(r, [], trailers)) is not None:
+        if not r.st.blocked and trailers and (refusal := await self._scan(r, [], trailers, body=False)) is not None:
             verdict, _ = refusal
             r.st.decision, r.st.reason, r.st.blocked = "block", verdict.reason, True
         if r.st.blocked:
@@ -198,13 +198,13 @@ class RequestPipeline:
         if git.check_request(r.policy.git, r.host, r.req.path) is not None and git.is_push(r.req.method, r.req.path):
             refusal = push.check_encoding(r.req, r.st.rule)
             if refusal is None:
-                refusal = await self._scan(r, [], [])
+                refusal = await self._scan(r, [], [], body=False)
             if refusal is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
             return push.start(r.flow, r.st, r.policy, self.runtime.scanner)
         if not r.st.scan_body and not r.is_graphql and not github.needs_body(r.host, r.req.method, r.req.path):
-            if (refusal := await self._scan(r, [], [])) is not None:
+            if (refusal := await self._scan(r, [], [], body=False)) is not None:
                 return refuse(r.flow, *refusal)
             self._inject(r)
             r.req.stream = credentials.guarded_stream(r.st, r.policy)
@@ -229,7 +229,8 @@ class RequestPipeline:
             return decide.block(403, refusal.reason, refusal.rule_id), "json"
         return None
 
-    async def _scan(self, r: _Request, body_texts: list[str], trailers: list[tuple[str, str]]) -> Refusal | None:
+    async def _scan(self, r: _Request, body_texts: list[str], trailers: list[tuple[str, str]], *,
+                    body: bool = True) -> Refusal | None:
         """pipelock's verdict on everything that goes upstream; an error blocks."""
         st = r.st
         head = request_head(r.req.method, r.req.path, list(r.req.headers.items(multi=True)),
@@ -242,6 +243,7 @@ class RequestPipeline:
             result = await incremental.scan_request(scanner, self.runtime.scan_cache, r.req.url, texts)
         except ScannerUnavailable as e:
             return decide.block(503, f"scanner unavailable: {e.reason}", st.rule), "text"
+        st.scanned = "full" if body else "headers"  # for the log (replay needs it)
         if result.decision != "deny":
             return None
         st.findings = [rule for rule, _ in result.findings]

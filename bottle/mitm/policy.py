@@ -26,6 +26,7 @@ SCANNER_MODES = ("block", "audit")
 RESPONSE_SCAN_MODES = ("off", "warn", "block")
 SCHEMES = ("bearer", "token", "basic", "header")
 GIT_ACCESS = ("read", "push")
+TLS_MODES = ("intercept", "passthrough")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MIN_PLACEHOLDER_LENGTH = 16
 DEFAULT_MAX_LABEL_ENTROPY = 3.5
@@ -130,6 +131,9 @@ class AllowRule:
     private_upstream: bool
     scan_body: bool
     max_label_entropy: float = DEFAULT_MAX_LABEL_ENTROPY  # `*.` rules: labels above it look like data
+    # passthrough: TLS to this host is not decrypted (pinned or mutual-TLS clients); only
+    # the CONNECT target, the TLS SNI and the port are checked, nothing is scanned.
+    tls: str = "intercept"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -383,9 +387,13 @@ def _parse_allow(data: Any, where: str) -> AllowRule:
     max_label_entropy = obj.take("max_label_entropy", float)
     if not 0 < max_label_entropy <= 8:
         raise PolicyError(f"{obj.key('max_label_entropy')}: must be between 0 and 8")
+    tls = obj.take_choice("tls", TLS_MODES)
     obj.finish()
+    if tls == "passthrough" and (methods is not None or paths is not None):
+        raise PolicyError(f"{where}: a tls passthrough rule cannot name methods or paths (nothing is decrypted)")
     return AllowRule(id=rule_id, host=host, methods=methods, paths=paths, ports=tuple(ports_raw),
-                     private_upstream=private_upstream, scan_body=scan_body, max_label_entropy=max_label_entropy)
+                     private_upstream=private_upstream, scan_body=scan_body, max_label_entropy=max_label_entropy,
+                     tls=tls)
 
 
 def _parse_route(data: Any, where: str) -> Route:

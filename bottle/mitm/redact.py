@@ -30,14 +30,19 @@ def shannon_entropy(text: str) -> float:
     return -sum(c / len(text) * math.log2(c / len(text)) for c in counts.values())
 
 
+_RUN_SEPARATORS = re.compile(r"[-_.~]")
+
+
 def looks_like_token(text: str) -> bool:
-    """A value that reads like a key, a hash or encoded data rather than a name: long and
-    mixed (letters with digits), or long and high in entropy."""
-    if len(text) < 16:
-        return False
-    has_digit = any(c.isdigit() for c in text)
-    has_alpha = any(c.isalpha() for c in text)
-    return (has_digit and has_alpha) or shannon_entropy(text) >= 3.5
+    """A value that reads like a key, a hash or encoded data rather than a name: a run of
+    16+ characters between separators that mixes letters with digits or is high in
+    entropy (`my-long-branch-name` and a UUID are names; `AKIA…`, `ghp_…`, a SHA are not)."""
+    for run in _RUN_SEPARATORS.split(text):
+        if len(run) < 16:
+            continue
+        if (any(c.isdigit() for c in run) and any(c.isalpha() for c in run)) or shannon_entropy(run) >= 3.5:
+            return True
+    return False
 
 
 def loggable_method(method: str) -> str:
@@ -56,6 +61,11 @@ def loggable_path(path: str) -> str:
             parts.append(f"{key}={REDACTED}" if eq and _QUERY_KEY.fullmatch(key) else REDACTED)
         out += "?" + "&".join(parts)
     return out
+
+
+def loggable_header_name(name: str) -> str:
+    name = name.lower()
+    return REDACTED if looks_like_token(name) or any(c.isspace() for c in name) else name
 
 
 def loggable_host(host: str) -> str:

@@ -1,6 +1,7 @@
 """One JSON line per request (and per refused or audited websocket message) on stdout;
-the fields are documented in docs/log-format.md. Never a secret: query values are
-redacted and credentials appear only as their token_ref."""
+the fields are documented in docs/log-format.md. Never a secret: see bottle.mitm.redact
+for what of the agent's method, path, host and header names is redacted; header values
+never appear, and credentials only as their token_ref."""
 
 from __future__ import annotations
 
@@ -12,14 +13,30 @@ from typing import Any
 
 from mitmproxy import http
 
+from bottle.mitm.logformat import log_line, logged_path, placeholder_locations
 from bottle.mitm.pipeline import peer_ip
-from bottle.mitm.redact import REDACTED, loggable_host, loggable_method, loggable_path
+from bottle.mitm.redact import REDACTED, loggable_header_name, loggable_host, loggable_method
 from bottle.mitm.state import FlowState, Runtime, fail_closed
 
 
 def emit_stdout(line: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+class RequestRecorder:
+    """Runs before every other addon: notes what the log needs from the request as the
+    agent sent it, before the pipeline injects the real credential."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        st = FlowState.of(flow)
+        headers = list(flow.request.headers.items(multi=True))
+        st.headers = sorted({loggable_header_name(name) for name, _ in headers})
+        st.placeholders = placeholder_locations(self.runtime.require_policy(), flow.request.url, headers)
 
 
 class RequestLog:
@@ -82,30 +99,33 @@ class RequestLog:
         if st.request_line_flagged:  # the scanner found a secret in the method or URL itself
             method, path = REDACTED, "/" + REDACTED
         else:
-            method, path = loggable_method(req.method), loggable_path(req.path)
-        return {
-            "time": _rfc3339(started),
-            "bottle": policy.bottle if policy else None,
-            "client": peer_ip(flow),
-            "method": method,
-            "scheme": req.scheme,
-            "host": loggable_host(st.logged_host or req.host),
-            "port": req.port,
-            "path": path if req.method != "CONNECT" else "",
-            "status": status,
-            "bytes_up": st.bytes_up,
-            "bytes_down": st.bytes_down,
-            "duration_ms": max(0, round((time.time() - started) * 1000)),
-            "decision": st.decision,
-            "rule": st.rule,
-            "reason": st.reason,
-            "scanner": st.findings,
-            "answer_scanner": st.answer_findings,
-            "token_ref": st.token_ref,
-            "scrubbed": st.scrubbed,
-        }
+            method, path = loggable_method(req.method), logged_path(req.path)
+        return log_line(
+            time=rfc3339(started),
+            bottle=policy.bottle if policy else None,
+            client=peer_ip(flow),
+            method=method,
+            scheme=req.scheme,
+            host=loggable_host(st.logged_host or req.host),
+            port=req.port,
+            path=path if req.method != "CONNECT" else "",
+            status=status,
+            bytes_up=st.bytes_up,
+            bytes_down=st.bytes_down,
+            duration_ms=max(0, round((time.time() - started) * 1000)),
+            decision=st.decision,
+            rule=st.rule,
+            reason=st.reason,
+            scanner=st.findings,
+            answer_scanner=st.answer_findings,
+            token_ref=st.token_ref,
+            scrubbed=st.scrubbed,
+            headers=st.headers,
+            placeholders=st.placeholders,
+            scan=st.scanned,
+        )
 
 
-def _rfc3339(ts: float) -> str:
+def rfc3339(ts: float) -> str:
     dt = datetime.datetime.fromtimestamp(ts, datetime.UTC)
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -72,6 +72,12 @@ class FlowState:
     logged_host: str | None = None  # the host a misdirected request named, when it differs
     request_line_flagged: bool = False  # the scanner found a secret in the method or URL
     logged: bool = False
+    # What the log records for `bottle policy replay` (docs/log-format.md): the request's
+    # header names and where it carried each placeholder, as the agent sent it (before the
+    # credential is injected), and what the scanner saw of it.
+    headers: list[str] = dataclasses.field(default_factory=list)
+    placeholders: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    scanned: str = "none"  # none | headers | full
 
     @classmethod
     def of(cls, flow: http.HTTPFlow) -> FlowState:
@@ -145,6 +151,9 @@ def fail_closed(hook: Callable[[Any, Any], Awaitable[None] | None]) -> Callable[
 
 def _refuse_after_error(subject: Any, hook: str, reason: str) -> None:
     """Refuse without relying on anything that may have failed (the flow's state included)."""
+    if hasattr(subject, "ignore_connection"):  # tls_clienthello: decrypt, so the pipeline decides
+        subject.ignore_connection = False
+        return
     if not isinstance(subject, http.HTTPFlow):  # server_connect's ServerConnectionHookData
         subject.server.error = f"bottle: {reason}"
         return

@@ -49,6 +49,22 @@ def engine() -> None:
             missing(f"image {image} is not built (scripts/test builds it)")
 
 
+def wait_listening(container: str) -> None:
+    """Until a test server container logs that it listens."""
+    deadline = time.monotonic() + 20
+    while b'"listening"' not in docker("logs", container).stdout:
+        assert time.monotonic() < deadline, f"{container} never started listening"
+        time.sleep(0.1)
+
+
+def certs_tar(pki: dict[str, Path]) -> bytes:
+    """The server certificate and key as a tar for `docker cp - CONTAINER:/` (into /certs)."""
+    return subprocess.run(
+        ["tar", "-C", str(pki["cert"].parent), "--transform", "s,^,certs/,", "-cf", "-", "server.pem", "server.key"],
+        capture_output=True, check=True,
+    ).stdout
+
+
 @pytest.fixture(scope="session")
 def pipelock_image(engine) -> str:
     image = os.environ.get("BOTTLE_TEST_PIPELOCK_IMAGE")

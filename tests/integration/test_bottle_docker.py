@@ -377,3 +377,44 @@ def test_in_discover_mode_the_agent_still_cannot_reach_the_scanner(manifest, run
     assert run.stdout.split()[:2] == ["403", "403"]
     reasons = {line["reason"] for line in run.requests() if line["host"] == "pipelock"}
     assert reasons == {"the scanner is not a destination"}
+
+
+def test_a_passthrough_host_is_reached_without_decryption_and_logged_unscanned(manifest, run_bottle, upstream):
+    rules = """
+egress:
+  allow:
+    - host: upstream.test
+      tls: passthrough
+      private_upstream: true
+"""
+    # -k: the agent meets the upstream's own certificate, which only the test CA signed.
+    run = run_bottle(manifest(rules), "sh", "-c",
+                     "curl -sSkv https://upstream.test/ 2>&1 | grep -E '^\\*  issuer:|^hello from'")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["*  issuer: CN=bottle test upstream CA", "hello from upstream"]
+    (line,) = run.requests()
+    assert (line["method"], line["host"], line["decision"], line["rule"], line["scan"]) == (
+        "CONNECT", "upstream.test", "allow", "egress.allow[0]", "none")
+
+
+def test_bottle_logs_follows_a_running_bottle_and_stops_when_it_does(manifest, upstream, tmp_path):
+    log = tmp_path / "followed.jsonl"
+    script = ("curl -sS -o /dev/null https://api.anthropic.com/first; touch /tmp/x; sleep 4; "
+              "curl -sS -o /dev/null https://api.anthropic.com/second")
+    start = subprocess.Popen([sys.executable, "-m", "bottle", "start", "--egress-log", str(log),
+                              str(manifest(AGENT_RULES)), "--", "sh", "-c", script],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bottle_env(), cwd=tmp_path,
+                             stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and b"/first" in log.read_bytes()):
+            assert start.poll() is None and time.monotonic() < deadline, start.communicate()
+            time.sleep(0.1)
+        follow = subprocess.run([sys.executable, "-m", "bottle", "logs", "-f", "--format", "json", str(log)],
+                                capture_output=True, text=True, env=bottle_env(), timeout=120)
+        start.wait(timeout=60)
+    finally:
+        if start.poll() is None:
+            start.kill()
+    assert follow.returncode == 0, follow.stderr
+    assert [json.loads(line)["path"] for line in follow.stdout.splitlines()] == ["/first", "/second"]

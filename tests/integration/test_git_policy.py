@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import bottle_env, docker, leftovers
+from tests.integration.conftest import bottle_env, certs_tar, docker, leftovers, wait_listening
 from tests.support.certs import make_upstream_pki
 from tests.support.prereq import missing
 
@@ -36,13 +36,6 @@ class GitWorld:
         return docker("logs", self.git_container).stdout.decode(errors="replace")
 
 
-def _wait_listening(container: str) -> None:
-    deadline = time.monotonic() + 20
-    while b'"listening"' not in docker("logs", container).stdout:
-        assert time.monotonic() < deadline, f"{container} never started listening"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def git_world(engine, tmp_path_factory):
     if docker("image", "inspect", GIT_IMAGE, check=False).returncode != 0:
@@ -52,10 +45,7 @@ def git_world(engine, tmp_path_factory):
     network = f"bottle-test-gitnet-{suffix}"
     git_container, api_container = f"bottle-test-git-{suffix}", f"bottle-test-api-{suffix}"
     pki = make_upstream_pki(tmp_path_factory.mktemp("gitpki"), ["github.com", "api.github.com"])
-    tar = subprocess.run(
-        ["tar", "-C", str(pki["cert"].parent), "--transform", "s,^,certs/,", "-cf", "-", "server.pem", "server.key"],
-        capture_output=True, check=True,
-    ).stdout
+    tar = certs_tar(pki)
     docker("network", "create", "--label", "dev.bottle.test=true", network)
     try:
         docker("create", "--name", git_container, "--network", network, "--network-alias", "github.com",
@@ -66,7 +56,7 @@ def git_world(engine, tmp_path_factory):
         for container in (git_container, api_container):
             docker("cp", "-", f"{container}:/", input=tar)
             docker("start", container)
-            _wait_listening(container)
+            wait_listening(container)
         yield GitWorld(network, git_container, pki["ca"])
     finally:
         docker("rm", "-f", git_container, api_container, check=False)

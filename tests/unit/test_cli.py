@@ -26,8 +26,9 @@ def test_version():
 
 
 def test_every_command_has_help():
-    for command in ("validate", "schema", "start", "build", "cleanup", "completion"):
-        result = invoke(command, "--help")
+    for command in ("validate", "schema", "start", "build", "cleanup", "completion", "logs", "policy",
+                    "policy suggest", "policy replay"):
+        result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage: " in result.output, command
 
 
@@ -35,7 +36,7 @@ def test_validate_example():
     result = invoke("validate", str(EXAMPLE))
     assert result.exit_code == 0
     assert result.output == (
-        f"{EXAMPLE}: valid (bottle 'claude', 7 allow rules, 1 credential route, egress mode enforce)\n"
+        f"{EXAMPLE}: valid (bottle 'claude', 4 allow rules, 1 credential route, egress mode enforce)\n"
     )
 
 

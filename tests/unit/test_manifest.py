@@ -25,7 +25,7 @@ def test_minimal_manifest_gets_every_default(write_manifest):
         "egress": {
             "mode": "enforce",
             "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True,
-                       "max_label_entropy": 3.5}],
+                       "max_label_entropy": 3.5, "tls": "intercept"}],
             "routes": [],
         },
         "scanner": {"image": DEFAULT_PIPELOCK_IMAGE, "mode": "block", "responses": "warn"},
@@ -494,3 +494,60 @@ github:
 )
 def test_git_and_github_errors(write_manifest, text, message):
     assert errors_of(write_manifest, text) == message
+
+
+PASSTHROUGH = """
+version: 1
+name: demo
+egress:
+  allow:
+    - host: pinned.example.com
+      tls: passthrough
+      ports: [443]
+"""
+
+
+def test_a_passthrough_rule_is_host_and_port_only(write_manifest):
+    data = load_manifest(write_manifest(PASSTHROUGH)).data
+    assert data["egress"]["allow"][0]["tls"] == "passthrough"
+
+
+@pytest.mark.parametrize("text, message", [
+    pytest.param(PASSTHROUGH + "      methods: [GET]\n      paths: [/x]\n      scan_body: false\n",
+                 "3 problems in M:\n"
+                 "M:8: egress.allow[0].methods: expected no methods on a tls: passthrough rule (the proxy does not "
+                 "decrypt it, so it sees no requests); found a list of 1 item\n"
+                 "M:9: egress.allow[0].paths: expected no paths on a tls: passthrough rule (the proxy does not "
+                 "decrypt it, so it sees no paths); found a list of 1 item\n"
+                 "M:10: egress.allow[0].scan_body: expected no scan_body on a tls: passthrough rule (nothing of it "
+                 "is scanned); found boolean false", id="scope"),
+    pytest.param(PASSTHROUGH + "  routes:\n    - host: pinned.example.com\n"
+                 "      auth: {scheme: bearer, token_ref: PIN_TOKEN}\n",
+                 "M:9: egress.routes[0].host: expected a host whose TLS the proxy decrypts (egress.allow[0] passes "
+                 "pinned.example.com through, so no credential can be injected); found string 'pinned.example.com'",
+                 id="credential-route"),
+    pytest.param(PASSTHROUGH + "    - host: '*.example.com'\n",
+                 "M:5: egress.allow[0].host: expected a host no other egress.allow rule covers on the same port "
+                 "(egress.allow[1] covers *.example.com; decrypt it or pass it through, not both); found string "
+                 "'pinned.example.com'", id="also-decrypted"),
+    pytest.param(PASSTHROUGH + "git:\n  repositories: [{repo: pinned.example.com/a/b, access: read}]\n",
+                 "M:9: git.repositories[0].repo: expected a repository on a host whose TLS the proxy decrypts "
+                 "(egress.allow[0] passes it through, so git cannot be checked); found string "
+                 "'pinned.example.com/a/b'", id="git"),
+    pytest.param(PASSTHROUGH.replace("passthrough", "passthru"),
+                 "M:6: egress.allow[0].tls: expected one of intercept, passthrough; found string 'passthru' "
+                 "(did you mean 'passthrough'?)", id="misspelt"),
+])
+def test_a_passthrough_rule_refuses_what_needs_decryption(write_manifest, text, message):
+    assert errors_of(write_manifest, text) == message
+
+
+def test_the_dry_run_marks_a_passthrough_rule_unscanned(write_manifest):
+    from bottle.backend.docker.plan import docker_plan
+    from bottle.plan import build_plan
+    from bottle.preflight import render_preflight
+
+    plan = build_plan(load_manifest(write_manifest(PASSTHROUGH)), env={}, run_id="abc123")
+    text = render_preflight(docker_plan(plan))
+    assert ("  egress.allow[0]  pinned.example.com  ports 443  [TLS passthrough: not decrypted, nothing scanned]"
+            in text.splitlines())

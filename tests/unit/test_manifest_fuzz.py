@@ -16,10 +16,10 @@ from bottle.manifest import json_schema, parse_manifest
 KEYS = ["version", "name", "agent", "egress", "scanner", "docker", "allow", "routes", "auth", "scheme",
         "token_ref", "header", "host", "methods", "paths", "ports", "mode", "image", "command", "env",
         "resources", "memory", "cpus", "pids", "user", "workdir", "workspace", "upstream_ca",
-        "private_upstream", "scan_body", "username", "egress_network", "alow", "x"]
+        "private_upstream", "scan_body", "tls", "username", "egress_network", "alow", "x"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 70000), st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(["api.example.com", "*.example.com", "bearer", "header", "GET", "/v1/", "1000:1000",
+    st.sampled_from(["api.example.com", "*.example.com", "bearer", "header", "GET", "/v1/", "1000:1000", "passthrough",
                      "enforce", "discover", "block", "audit", "4g", "demo", "ANTHROPIC_API_KEY", "x-api-key", ""]),
     st.text(max_size=20),
 )

@@ -32,7 +32,8 @@ def test_example_plan():
     )
     assert plan.egress.routes == (
         Route(
-            id="egress.routes[0]", host="api.anthropic.com", methods=None, paths=("/v1/",), scheme="header",
+            id="egress.routes[0]", host="api.anthropic.com", methods=None, paths=("/v1/", "/api/claude_code/"),
+            scheme="header",
             header="x-api-key", username=None, token_ref="ANTHROPIC_API_KEY",
         ),
     )

@@ -15,7 +15,8 @@ from mitm_fixture import ENV, P_ANTHROPIC, P_BASIC, P_EXAMPLE, P_GITHUB, P_TOKEN
 
 AGENT = "172.20.0.3"
 LOG_KEYS = {"time", "bottle", "client", "method", "scheme", "host", "port", "path", "status", "bytes_up",
-            "bytes_down", "duration_ms", "decision", "rule", "reason", "scanner", "answer_scanner", "token_ref", "scrubbed"}
+            "bytes_down", "duration_ms", "decision", "rule", "reason", "scanner", "answer_scanner", "token_ref",
+            "scrubbed", "log_format", "headers", "placeholders", "scan"}
 
 
 class FakeScanner:

@@ -21,9 +21,9 @@ GITHUB = {"deny": [{"id": "github.deny[0]", "method": None, "path": None, "graph
                     "reason": "no deleting issues"}]}
 RULES_WITH_API = [
     {"id": "egress.allow[0]", "host": "github.com", "methods": None, "paths": None,
-     "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
+     "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5, "tls": "intercept"},
     {"id": "egress.allow[1]", "host": "api.github.com", "methods": None, "paths": None,
-     "ports": [443], "private_upstream": False, "scan_body": False, "max_label_entropy": 3.5},
+     "ports": [443], "private_upstream": False, "scan_body": False, "max_label_entropy": 3.5, "tls": "intercept"},
 ]
 
 

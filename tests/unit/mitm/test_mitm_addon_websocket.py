@@ -17,9 +17,9 @@ from test_mitm_addon import LOG_KEYS, FakeScanner, make_addon, make_flow, run
 AWS = ("DLP-AWS Access ID", "Secret-like token detected (AWS Access ID)")
 RULES = [
     {"id": "egress.allow[0]", "host": "chat.test", "methods": ["GET"], "paths": ["/ws"],
-     "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5},
+     "ports": [443], "private_upstream": False, "scan_body": True, "max_label_entropy": 3.5, "tls": "intercept"},
     {"id": "egress.allow[1]", "host": "bulk.test", "methods": ["GET"], "paths": ["/ws"],
-     "ports": [443], "private_upstream": False, "scan_body": False, "max_label_entropy": 3.5},
+     "ports": [443], "private_upstream": False, "scan_body": False, "max_label_entropy": 3.5, "tls": "intercept"},
 ]
 
 
