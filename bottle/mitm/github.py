@@ -214,8 +214,12 @@ def _api_path(path: str) -> str | None:
     return None if clean is None else (clean.rstrip("/") or "/")
 
 
+def is_graphql_path(path: str) -> bool:
+    return (_api_path(path) or "").lower() == "/graphql"  # any case: GitHub's router may ignore it
+
+
 def is_graphql(method: str, path: str) -> bool:
-    return _api_path(path) == "/graphql" and method.upper() in ("GET", "POST")
+    return is_graphql_path(path) and method.upper() in ("GET", "POST")
 
 
 def check_rest(deny: Iterable[GithubDeny], method: str, path: str) -> Refusal | None:
@@ -301,7 +305,7 @@ def check_git(policy: GitPolicy, method: str, path: str, body: bytes | None) -> 
         return None
     repo, endpoint = found
     raw_segments = [s for s in path.split("?", 1)[0].split("/") if s]
-    if any("/" in unquote(s) or "\\" in unquote(s) for s in raw_segments[1:3]):
+    if any("/" in unquote(s) or "\\" in unquote(s) for s in raw_segments[:3]):
         return Refusal("github.body", "GitHub: an owner or repository name with an encoded slash is not allowed")
     refusal = repository_write(policy, repo, git_data=endpoint is not None)
     if refusal is not None or endpoint is None:
@@ -560,7 +564,7 @@ def check(deny: tuple[GithubDeny, ...], git_policy: GitPolicy | None, method: st
                        "request's own method)")
     if (refusal := check_rest(rules, method, path)) is not None:
         return refusal
-    if _api_path(path) == "/graphql":
+    if is_graphql_path(path):
         return check_graphql(rules, git_policy, method, path, body)
     if git_policy is not None:
         return check_git(git_policy, method, path, body)

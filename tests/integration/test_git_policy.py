@@ -110,45 +110,51 @@ case_ end
 """
 
 
-@pytest.fixture(scope="module")
-def session(git_world, pipelock_image, tmp_path_factory):
-    """One bottle in bot mode runs every git and API case; tests read its sections."""
-    tmp = tmp_path_factory.mktemp("gitbottle")
+def run_bot(git_world, pipelock_image, tmp: Path, name: str, script: str, *, api_rule: str = "",
+            repositories: str = "") -> dict:
+    """Run one bot-mode bottle (push only to sandbox/*) with script as its agent; the
+    agent's output split into its `== case` sections, and the proxy's log lines."""
     (tmp / "upstream-ca.pem").write_bytes(git_world.ca.read_bytes())
     manifest = tmp / "bottle.yaml"
     manifest.write_text(textwrap.dedent(f"""\
         version: 1
-        name: gitpolicy
+        name: {name}
         egress:
           allow:
             - host: github.com
               private_upstream: true
             - host: api.github.com
-              private_upstream: true
+              private_upstream: true{api_rule}
           upstream_ca: upstream-ca.pem
         git:
           repositories:
-            - {{repo: github.com/acme/widgets, access: push}}
+            - {{repo: github.com/acme/widgets, access: push}}{repositories}
           push_branches: ["sandbox/*"]
         scanner:
           image: {pipelock_image}
         docker:
           egress_network: {git_world.network}
         """))
-    before = git_world.refs()
     log = tmp / "egress.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "bottle", "start", "--egress-log", str(log), str(manifest), "--", "sh", "-c", SCRIPT],
+        [sys.executable, "-m", "bottle", "start", "--egress-log", str(log), str(manifest), "--", "sh", "-c", script],
         capture_output=True, env=bottle_env(), timeout=300, stdin=subprocess.DEVNULL, cwd=tmp,
     )
     stdout, stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
     assert "== end" in stdout, f"the agent script did not finish\nstdout:\n{stdout}\nstderr:\n{stderr}"
     bottle_id = next(line.split()[-1] for line in stderr.splitlines() if line.startswith("bottle: starting "))
     assert leftovers(bottle_id) == []
-    sections = dict(re.findall(r"^== (\S+)\n(.*?)(?=^== )", stdout, re.S | re.M))
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    return {"sections": sections, "log": lines, "before": before, "after": git_world.refs(), "stdout": stdout,
-            "server": git_world.server_log(), "stderr": stderr}
+    return {"sections": dict(re.findall(r"^== (\S+)\n(.*?)(?=^== )", stdout, re.S | re.M)), "stdout": stdout,
+            "stderr": stderr,
+            "log": [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]}
+
+
+@pytest.fixture(scope="module")
+def session(git_world, pipelock_image, tmp_path_factory):
+    """One bottle in bot mode runs every git and API case; tests read its sections."""
+    before = git_world.refs()
+    run = run_bot(git_world, pipelock_image, tmp_path_factory.mktemp("gitbottle"), "gitpolicy", SCRIPT)
+    return {**run, "before": before, "after": git_world.refs(), "server": git_world.server_log()}
 
 
 def test_authorized_clone_works(session):
@@ -344,48 +350,15 @@ def _api_script() -> str:
 def api_session(git_world, pipelock_image, tmp_path_factory):
     """One bot-mode bottle sends every API case; api.github.com's rule does not scan bodies,
     so the branch writes prove bottle buffers and reads what it must decide on anyway."""
-    tmp = tmp_path_factory.mktemp("apibottle")
-    (tmp / "upstream-ca.pem").write_bytes(git_world.ca.read_bytes())
-    manifest = tmp / "bottle.yaml"
-    manifest.write_text(textwrap.dedent(f"""\
-        version: 1
-        name: githubapi
-        egress:
-          allow:
-            - host: github.com
-              private_upstream: true
-            - host: api.github.com
-              private_upstream: true
-              scan_body: false
-          upstream_ca: upstream-ca.pem
-        git:
-          repositories:
-            - {{repo: github.com/acme/widgets, access: push}}
-            - {{repo: github.com/acme/docs, access: read}}
-          push_branches: ["sandbox/*"]
-        scanner:
-          image: {pipelock_image}
-        docker:
-          egress_network: {git_world.network}
-        """))
-    log = tmp / "egress.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "bottle", "start", "--egress-log", str(log), str(manifest), "--", "sh", "-c",
-         _api_script()],
-        capture_output=True, env=bottle_env(), timeout=300, stdin=subprocess.DEVNULL, cwd=tmp,
-    )
-    stdout, stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
-    assert "== end" in stdout, f"the agent script did not finish\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    bottle_id = next(line.split()[-1] for line in stderr.splitlines() if line.startswith("bottle: starting "))
-    assert leftovers(bottle_id) == []
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    received = {}
+    run = run_bot(git_world, pipelock_image, tmp_path_factory.mktemp("apibottle"), "githubapi", _api_script(),
+                  api_rule="\n              scan_body: false",
+                  repositories="\n            - {repo: github.com/acme/docs, access: read}")
+    received: dict[str, list[dict]] = {}
     for request in git_world.api_requests():
-        case = request["headers"].get("x-bottle-case")
-        if case:
+        if case := request["headers"].get("x-bottle-case"):
             received.setdefault(case, []).append(request)
-    return {"sections": dict(re.findall(r"^== (\S+)\n(.*?)(?=^== )", stdout, re.S | re.M)),
-            "log": [line for line in lines if line.get("host") == "api.github.com"], "received": received}
+    return {"sections": run["sections"], "received": received,
+            "log": [line for line in run["log"] if line.get("host") == "api.github.com"]}
 
 
 @pytest.mark.parametrize(("case", "method", "path", "body", "header", "status", "rule", "reason"), API_CASES,

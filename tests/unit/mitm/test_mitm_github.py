@@ -379,6 +379,8 @@ TWO_QUERIES = (b'{"query": "mutation { m: mergePullRequest(input: {}) { x } }", 
         ("POST", "/graphql?query=mutation%7BmergeBranch%7D", None,
          ("github.graphql", "GitHub: a GraphQL POST with a query string is refused")),
         ("PUT", "/graphql", None, ("github.graphql", "GitHub: GraphQL over PUT is refused")),
+        ("POST", "/GraphQL/", b'{"query": "mutation { mergeBranch(input: {}) { x } }"}',
+         ("github.deny.default.merge_branch", "GitHub: merging branches is not allowed (GraphQL mergeBranch)")),
         ("GET", "/graphql?query=%7Bviewer%7Blogin%7D%7D", None, None),
         ("POST", "/graphql", None, None),  # the headers alone: decided with the body
     ],
