@@ -332,7 +332,7 @@ def _body_updates(policy: GitPolicy, endpoint: _Endpoint, how: str, data: Any) -
         raise UnreadableBody("not a JSON object")
     if endpoint.kind == "create_ref":
         ref = exact_key(data, "ref")
-        if not isinstance(ref, str) or not ref.startswith("refs/"):
+        if not isinstance(ref, str) or not ref.startswith("refs/") or not is_ref_name(ref):
             raise UnreadableBody("ref must be a full ref name such as refs/heads/x")
         return branch_rules(policy, [git.RefUpdate(git.ZERO_OID, _API, ref)], how)
     if endpoint.kind == "rename":
@@ -359,11 +359,22 @@ def branch_refs(name: Any) -> list[str] | None:
         return None
     if not isinstance(name, str):
         raise UnreadableBody(f"a branch name must be a string, got {type(name).__name__}")
+    if not is_ref_name(f"refs/heads/{name}"):
+        raise UnreadableBody(f"{name!r} is not a valid branch name")
     if name.startswith("refs/"):
         return [name, f"refs/heads/{name}"]
     if name.startswith(("heads/", "tags/", "remotes/")):
         return [f"refs/heads/{name}", f"refs/{name}"]
     return [f"refs/heads/{name}"]
+
+
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(?:/|$)|[/.]$")
+
+
+def is_ref_name(ref: str) -> bool:
+    """git check-ref-format's rules (https://git-scm.com/docs/git-check-ref-format): a name
+    git would refuse is no branch, and GitHub might normalize it into one (`main/`)."""
+    return _BAD_REF.search(ref) is None and ref != "@"
 
 
 def branch_rules(policy: GitPolicy, updates: list[git.RefUpdate], how: str, name: str | None = None) -> Refusal | None:

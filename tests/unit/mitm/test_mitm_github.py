@@ -432,6 +432,16 @@ UNKNOWN_DEFAULT = ("github.branch_unknown", "GitHub: contents API: without branc
          ("git.push_branches", "GitHub: heads/main is not in git.push_branches (sandbox/*) (contents API)")),
         ("PUT", "/REPOS/Acme/Widgets/CONTENTS/a.md", j(branch="main"),
          ("git.protected_branches", "GitHub: main is a protected branch (contents API)")),
+        # Names git would refuse are no branch, but GitHub might normalize them into one.
+        ("PUT", CONTENTS, j(branch="main/"),
+         ("github.body", "GitHub: contents API: a body that cannot be read is refused ('main/' is not a valid "
+                         "branch name)")),
+        ("PUT", CONTENTS, j(branch=" main"),
+         ("github.body", "GitHub: contents API: a body that cannot be read is refused (' main' is not a valid "
+                         "branch name)")),
+        ("PUT", CONTENTS, j(branch="sandbox/../main"),
+         ("github.body", "GitHub: contents API: a body that cannot be read is refused ('sandbox/../main' is not a "
+                         "valid branch name)")),
         ("PUT", CONTENTS, j(branch=["main"]),
          ("github.body", "GitHub: contents API: a body that cannot be read is refused (a branch name must be a "
                          "string, got list)")),
@@ -468,6 +478,9 @@ UNKNOWN_DEFAULT = ("github.branch_unknown", "GitHub: contents API: without branc
          ("git.protected_branches", "GitHub: main is a protected branch (git/refs)")),
         ("POST", "/repos/acme/widgets/git/refs", json.dumps({"ref": "refs/tags/v1", "sha": "a" * 40}).encode(),
          ("git.push_branches", "GitHub: refs/tags/v1 is not in git.push_branches (sandbox/*) (git/refs)")),
+        ("POST", "/repos/acme/widgets/git/refs", json.dumps({"ref": "refs/heads/main.", "sha": "a" * 40}).encode(),
+         ("github.body", "GitHub: git/refs: a body that cannot be read is refused (ref must be a full ref name such "
+                         "as refs/heads/x)")),
         ("POST", "/repos/acme/widgets/git/refs", json.dumps({"ref": "sandbox/new", "sha": "a" * 40}).encode(),
          ("github.body", "GitHub: git/refs: a body that cannot be read is refused (ref must be a full ref name such as "
                          "refs/heads/x)")),
@@ -539,6 +552,19 @@ def test_without_a_git_section_branch_writes_are_ungoverned_like_git_pushes():
     assert refusal("PUT", CONTENTS, j(branch="main")) is None
     assert refusal("PUT", CONTENTS, j()) is None
     assert refusal("POST", "/graphql", gql("mutation { createRef(input: {}) { x } }")) is None
+
+
+@pytest.mark.parametrize(
+    ("ref", "valid"),
+    [("refs/heads/main", True), ("refs/heads/feat/x.y", True), ("refs/heads/ü", True), ("refs/heads/main/", False),
+     ("refs/heads/a..b", False), ("refs/heads/a.lock", False), ("refs/heads/a.lock/b", False), ("refs/heads/.x", False),
+     ("refs/heads/a/.x", False), ("refs/heads/a@{1}", False), ("refs/heads/a//b", False), ("refs/heads/x.", False),
+     ("refs/heads/a\\b", False), ("refs/heads/a~1", False), ("refs/heads/a^", False), ("refs/heads/a:b", False),
+     ("refs/heads/a?", False), ("refs/heads/a*", False), ("refs/heads/a[b", False), ("refs/heads/a\tb", False),
+     ("refs/heads/a\x7fb", False), ("@", False)],
+)
+def test_ref_names_follow_git_check_ref_format(ref, valid):
+    assert github.is_ref_name(ref) is valid
 
 
 @pytest.mark.parametrize(
