@@ -225,9 +225,11 @@ GITHUB_DENY = Obj(
 )
 
 GITHUB = Obj(
-    description="GitHub API refusals on api.github.com, enforced even in discover mode. Merging pull "
-    "requests or branches, creating releases, moving or deleting refs through the API, deleting "
-    "repositories and changing branch protection are always refused.",
+    description="GitHub API refusals on api.github.com, enforced even in discover mode, added to the "
+    "built-in ones (docs/manifest.md): merging, releases, moving refs, deleting repositories, and changing "
+    "branch protection, rulesets, settings, visibility, keys, webhooks, collaborators, secrets, runners, "
+    "environments, workflows or gists. With a git section, the API writes only its github.com repositories "
+    "and its branch writes obey the git push rules.",
     fields={"deny": Field(ListOf(GITHUB_DENY, description="Refusals added to the defaults."), default=list)},
 )
 

@@ -208,7 +208,8 @@ def evaluate(policy: Policy, entry: Entry) -> Outcome:
         if not git_verdict.allowed:
             return st.block(git_verdict.reason, git_verdict.rule_id)
         st.rule = git_verdict.rule_id
-    if name == github.HOST and (refusal := github.check(policy.github_deny, policy.git, method, path, None)) is not None:
+    if name == github.HOST and (refusal := github.check_headers(method, headers)
+                                or github.check(policy.github_deny, policy.git, method, path, None)) is not None:
         return st.block(refusal.reason, refusal.rule_id)
     return _content(policy, entry, st, rule, git_verdict is not None and git.is_push(method, path))
 

@@ -179,7 +179,9 @@ class RequestPipeline:
     def _github_api(self, r: _Request) -> Refusal | None:
         if r.host != github.HOST:
             return None
-        if (refusal := github.check(r.policy.github_deny, r.policy.git, r.req.method, r.req.path, None)) is not None:
+        refusal = (github.check_headers(r.req.method, r.req.headers.items(multi=True))
+                   or github.check(r.policy.github_deny, r.policy.git, r.req.method, r.req.path, None))
+        if refusal is not None:
             return decide.block(403, refusal.reason, refusal.rule_id), "json"
         return None
 

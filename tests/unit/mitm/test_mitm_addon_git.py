@@ -141,3 +141,51 @@ def test_graphql_query_and_rest_reads_pass():
                                          headers=[("content-type", "application/json")], body=body)))
     asyncio.run(run_request(a, make_flow("GET", "https://api.github.com/repos/o/r/pulls")))
     assert [line["decision"] for line in lines] == ["allow", "allow"]
+
+
+def contents_put(branch: str | None) -> http.HTTPFlow:
+    body = {"message": "m", "content": "aGk="} | ({"branch": branch} if branch is not None else {})
+    return make_flow("PUT", "https://api.github.com/repos/org/repo/contents/a.md",
+                     headers=[("content-type", "application/json")], body=json.dumps(body).encode())
+
+
+def test_contents_write_to_a_push_branch_is_buffered_checked_and_sent_whole():
+    a, lines = addon()
+    f = asyncio.run(run_request(a, contents_put("sandbox/x")))
+    assert not callable(f.request.stream)  # buffered and checked, although scan_body is false
+    assert json.loads(f.request.content)["branch"] == "sandbox/x"
+    assert f.response.content == b"upstream says hi"
+    assert (lines[-1]["decision"], lines[-1]["rule"]) == ("allow", "egress.allow[1]")
+
+
+def test_contents_write_to_a_protected_or_unnamed_branch_is_refused_with_a_github_style_message():
+    a, lines = addon()
+    f = asyncio.run(run_request(a, contents_put("main")))
+    assert f.response.status_code == 403
+    assert json.loads(f.response.content) == {
+        "message": "bottle: blocked: GitHub: main is a protected branch (contents API)"}
+    assert (lines[-1]["decision"], lines[-1]["rule"]) == ("block", "git.protected_branches")
+    f = asyncio.run(run_request(a, contents_put(None)))
+    assert json.loads(f.response.content)["message"] == (
+        "bottle: blocked: GitHub: contents API: without branch the write goes to the default branch, which bottle "
+        "cannot know; name the branch")
+    assert lines[-1]["rule"] == "github.branch_unknown"
+
+
+def test_api_writes_to_unlisted_repositories_are_refused_on_their_headers():
+    a, lines = addon()
+    f = asyncio.run(run_request(a, make_flow("POST", "https://api.github.com/repos/org/other/issues", body=b"{}")))
+    assert f.response.status_code == 403
+    assert (lines[-1]["rule"], lines[-1]["reason"]) == (
+        "git.repositories", "GitHub: repository github.com/org/other is not in git.repositories (read-only through "
+        "the API)")
+
+
+def test_a_method_override_header_is_refused_before_anything_goes_upstream():
+    a, lines = addon()
+    f = asyncio.run(run_request(a, make_flow("POST", "https://api.github.com/repos/org/repo/pulls/1/merge",
+                                             headers=[("x-http-method-override", "PUT")], body=b"{}")))
+    assert f.response.status_code == 403
+    assert (lines[-1]["rule"], lines[-1]["reason"]) == (
+        "github.method_override", "GitHub: the x-http-method-override header is refused (bottle checks the request's "
+        "own method)")
