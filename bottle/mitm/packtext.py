@@ -29,6 +29,7 @@ MAX_DELTA_ENTRIES_PROBE = 64 * 1024  # inserted bytes searched for tree entries,
 _RUN = re.compile(rb"[\t\n\r\x20-\x7e]{%d,}" % MIN_RUN)  # printable ASCII
 _PRINTABLE = b"\t\n\r" + bytes(range(0x20, 0x7F))
 _ENTRY = re.compile(rb"([0-7]{5,6}) ([^\0/]{1,255})\0(.{20})", re.S)
+_HEAD_ENTRY = re.compile(rb"([^\0/]{1,255})\0(.{20})", re.S)  # an entry whose mode was copied
 
 Emit = Callable[[PackObject, bytes], None]
 
@@ -95,8 +96,8 @@ class PackText:
             self.trees.add(obj.oid, bytes(self._entries))
         elif self._mode == "runs":
             self._runs(final=True)
-            for insert in self._inserts or ():
-                self.trees.add(None, b"".join(m.group() for m in _ENTRY.finditer(insert)))
+            for inserted in self._inserts or ():
+                self.trees.add_inserted(inserted)
         self._in.clear()
         if self._fresh:
             self.emit(obj, bytes(self._out))
@@ -159,23 +160,37 @@ class PackText:
 
 
 class TreeIndex:
-    """Tree entries from the pack: whole trees (with their ids), and entries found in the
-    bytes tree deltas insert (their tree unknown). At most `MAX_TREE_BYTES` are kept."""
+    """Tree entries from the pack, to name the file a finding is in: whole trees (with
+    their ids), and entries found in the bytes a tree delta inserts (their tree unknown;
+    when git copied the start of an entry from the base, the name found may have lost its
+    beginning, and is shown as `*name`). At most `MAX_TREE_BYTES` are kept."""
 
     def __init__(self, budget: int = MAX_TREE_BYTES) -> None:
         self.budget = budget
         self.used = 0
-        self._trees: list[tuple[bytes | None, bytes]] = []
-        self._parents: dict[bytes, tuple[bytes | None, bytes]] | None = None
+        self._trees: list[tuple[bytes, bytes]] = []
+        self._found: list[tuple[bytes, bytes, bool]] = []  # (name, id, whole name)
+        self._parents: dict[bytes, tuple[bytes | None, str]] | None = None
 
     def has_room(self, size: int) -> bool:
         return self.used + size <= self.budget
 
-    def add(self, oid: bytes | None, entries: bytes) -> None:
+    def add(self, oid: bytes, entries: bytes) -> None:
         if entries and self.has_room(len(entries)):
             self.used += len(entries)
             self._trees.append((oid, entries))
             self._parents = None
+
+    def add_inserted(self, inserted: bytes) -> None:
+        """Entries in one run of bytes a delta inserts."""
+        found = [(m.group(2), m.group(3), True) for m in _ENTRY.finditer(inserted)]
+        if (head := _HEAD_ENTRY.match(inserted)) and not _ENTRY.match(inserted) and _printable(head.group(1)):
+            found.append((head.group(1), head.group(2), False))
+        for name, child, whole in found:
+            if self.has_room(len(name) + 21):
+                self.used += len(name) + 21
+                self._found.append((name, child, whole))
+                self._parents = None
 
     def path(self, oid: bytes, roots: set[bytes]) -> tuple[list[str], bytes | None] | None:
         """The names from a root tree down to oid, and that root; None for the root when
@@ -189,19 +204,22 @@ class TreeIndex:
                 return (names[::-1], None) if names else None
             seen.add(oid)
             oid, name = link
-            names.append(name.decode("utf-8", "replace"))
+            names.append(name)
             if oid is None:
                 return names[::-1], None
         return names[::-1], oid
 
-    def _parent_map(self) -> dict[bytes, tuple[bytes | None, bytes]]:
+    def _parent_map(self) -> dict[bytes, tuple[bytes | None, str]]:
         if self._parents is None:
-            self._parents = {}
+            # The most certain name wins: a whole tree's, then a whole name found in a delta.
+            self._parents = {child: (None, "*" + name.decode("utf-8", "replace"))
+                             for name, child, whole in self._found if not whole}
+            self._parents.update({child: (None, name.decode("utf-8", "replace"))
+                                  for name, child, whole in self._found if whole})
             for tree, entries in self._trees:
-                found = _whole_entries(entries) if tree else ((m.group(2), m.group(3)) for m in _ENTRY.finditer(entries))
-                for name, child in found:
-                    if child != NO_OID and (child not in self._parents or self._parents[child][0] is None):
-                        self._parents[child] = (tree, name)
+                for name, child in _whole_entries(entries):
+                    self._parents[child] = (tree, name.decode("utf-8", "replace"))
+            self._parents.pop(NO_OID, None)
         return self._parents
 
 
@@ -211,3 +229,10 @@ def _whole_entries(entries: bytes):
     while (nul := entries.find(b"\0", pos)) >= 0:
         yield entries[entries.index(b" ", pos) + 1:nul], entries[nul + 1:nul + 21]
         pos = nul + 21
+
+
+def _printable(name: bytes) -> bool:
+    try:
+        return name.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        return False

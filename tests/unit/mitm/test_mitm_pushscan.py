@@ -100,6 +100,23 @@ def test_a_new_file_with_an_aws_key_pair_is_refused_naming_the_file(repo):
     assert pushed.log["reason"] == ng.split(" ", 2)[2]
 
 
+@pytest.mark.parametrize("added, named", [
+    # git sends the root tree as a delta; the new entry's mode is copied from the entry it
+    # now precedes ("100644 "), so the name might have lost its beginning: `*`.
+    ("aws.env", ".../*aws.env"),
+    # a new directory's entry ("40000 b") shares no prefix with its neighbour: whole name.
+    ("b__aws.env", ".../b/aws.env"),
+])
+def test_where_the_root_tree_is_a_delta_the_name_comes_from_its_inserted_bytes(tmp_path, added, named):
+    repo = Repo(tmp_path / "wide")
+    old = repo.commit("seed", **{"README.md": "# w\n", "config.txt": seed_lines(),
+                                 **{f"m{i}.txt": f"file {i}\n" for i in range(30)}})
+    repo.commit("add", **{added: AWS_PAIR})
+    body = update(repo, old)
+    assert object_kinds(repo.pack(repo.head(), old))[1] == REF_DELTA  # the root tree, after the commit
+    assert push(body).report[1] == f"ng refs/heads/sandbox/x bottle: secret in {named} {SECRET_RULES}"
+
+
 def test_in_a_new_repository_the_whole_path_is_named(tmp_path):
     repo = Repo(tmp_path / "fresh")
     repo.commit("seed", **{"README.md": "# widgets\n", "src__lib__aws.env": AWS_PAIR})
