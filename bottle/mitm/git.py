@@ -2,7 +2,7 @@
 
 A push (`POST .../git-receive-pack`) is a pkt-line command section followed by a
 packfile (https://git-scm.com/docs/pack-protocol, https://git-scm.com/docs/gitformat-pack).
-`PushInspector` reads the commands, then walks the pack's commit objects as they stream
+`PushInspector` reads the commands, then walks the pack (bottle.mitm.pack) as it streams
 past, and holds the bytes it has seen until it can decide: a fast-forward is proven only
 when a chain of commits *inside the pack* leads from the new id to the old one (each
 commit's id is recomputed from its content, so the chain cannot be forged). Anything it
@@ -11,22 +11,23 @@ cannot prove is refused; see docs/prds/0004-git-push-policy.md.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import zlib
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
+from bottle.mitm.pack import PackError, PackSink, PackWalker
 from bottle.mitm.policy import GitPolicy, GitRepository
 
 ZERO_OID = "0" * 40
 _OID_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_COMMAND_SECTION = 1024 * 1024
-MAX_COMMIT_BYTES = 1024 * 1024
 # Bytes of a push held back from upstream while its fast-forwards are unproven. git
 # writes commits first in a pack, so a fast-forward is normally proven within the first
 # few kilobytes of the pack; a push that needs more than this is refused, not buffered.
 MAX_HELD_BYTES = 16 * 1024 * 1024
+# Even an allowed push keeps its last bytes (the pack's checksum) until the body has
+# ended and its scan is decided: upstream never holds a complete pack bottle may refuse.
+TAIL = 20
 
 FLUSH = "flush"
 DELIM = "delim"
@@ -265,212 +266,95 @@ def proves_fast_forward(commits: dict[str, tuple[str, ...]], old: str, new: str)
     return False
 
 
-# -- the pack ------------------------------------------------------------------------
-
-_OBJ_COMMIT, _OFS_DELTA, _REF_DELTA = 1, 6, 7
-
-
-class PackError(ValueError):
-    pass
-
-
-class PackWalker:
-    """Streams a packfile and records each undeltified commit's parents by its real id.
-
-    Other objects are inflated and discarded in 64 KiB steps, so memory stays bounded by
-    the commit graph, not the pack.
-    """
-
-    def __init__(self) -> None:
-        self.commits: dict[str, tuple[str, ...]] = {}
-        self.done = False
-        self._buf = bytearray()
-        self._state = "header"
-        self._remaining = 0
-        self._type = 0
-        self._size = 0
-        self._z: zlib._Decompress | None = None
-        self._out = bytearray()
-        self._inflated = 0
-
-    def feed(self, data: bytes) -> None:
-        if self.done:
-            if data:
-                self._buf += data
-                if len(self._buf) > 20:
-                    raise PackError("data after the pack trailer")
-            return
-        self._buf += data
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        if self._state == "header":
-            if len(self._buf) < 12:
-                return False
-            if self._buf[:4] != b"PACK" or int.from_bytes(self._buf[4:8], "big") not in (2, 3):
-                raise PackError("not a version 2 or 3 packfile")
-            self._remaining = int.from_bytes(self._buf[8:12], "big")
-            del self._buf[:12]
-            self._state = "object" if self._remaining else "trailer"
-            return True
-        if self._state == "object":
-            return self._object_header()
-        if self._state == "zlib":
-            return self._inflate()
-        if len(self._buf) >= 20:  # trailer
-            del self._buf[:20]
-            self.done = True
-            if self._buf:
-                raise PackError("data after the pack trailer")
-        return False
-
-    def _object_header(self) -> bool:
-        buf = self._buf
-        i = 0
-        if not buf:
-            return False
-        byte = buf[0]
-        kind, size, shift = (byte >> 4) & 7, byte & 15, 4
-        while byte & 0x80:
-            i += 1
-            if i >= len(buf):
-                return False
-            if i > 10:
-                raise PackError("object size too long")
-            byte = buf[i]
-            size |= (byte & 0x7F) << shift
-            shift += 7
-        i += 1
-        if kind == _OFS_DELTA:
-            while True:
-                if i >= len(buf):
-                    return False
-                if i > 20:
-                    raise PackError("delta offset too long")
-                byte = buf[i]
-                i += 1
-                if not byte & 0x80:
-                    break
-        elif kind == _REF_DELTA:
-            i += 20
-            if i > len(buf):
-                return False
-        elif kind not in (1, 2, 3, 4):
-            raise PackError(f"unknown object type {kind}")
-        del buf[:i]
-        self._type, self._size = kind, size
-        self._z = zlib.decompressobj()
-        self._out = bytearray()
-        self._inflated = 0
-        self._state = "zlib"
-        return True
-
-    def _inflate(self) -> bool:
-        if not self._buf:
-            return False
-        z = self._z
-        assert z is not None
-        pending = bytes(self._buf)
-        self._buf.clear()
-        keep = self._type == _OBJ_COMMIT and self._size <= MAX_COMMIT_BYTES
-        while True:
-            try:
-                out = z.decompress(pending, 65536)
-            except zlib.error as e:
-                raise PackError(f"bad zlib data: {e}") from None
-            self._inflated += len(out)
-            if self._inflated > self._size:
-                raise PackError("object is larger than its header says")
-            if keep:
-                self._out += out
-            pending = z.unconsumed_tail
-            if z.eof or not pending:
-                break
-        if not z.eof:
-            return False
-        if self._inflated != self._size:
-            raise PackError("object is smaller than its header says")
-        self._buf[:0] = z.unused_data
-        if keep:
-            self._record_commit(bytes(self._out))
-        self._out = bytearray()
-        self._remaining -= 1
-        self._state = "object" if self._remaining else "trailer"
-        return True
-
-    def _record_commit(self, content: bytes) -> None:
-        oid = hashlib.sha1(b"commit %d\0" % len(content) + content).hexdigest()
-        parents = []
-        for line in content.split(b"\n")[1:]:
-            if not line.startswith(b"parent "):
-                break
-            parents.append(line[7:].decode("ascii", "replace"))
-        self.commits[oid] = tuple(parents)
-
-
 # -- the whole push ------------------------------------------------------------------
 
 
 class PushInspector:
-    """Feed a push body chunk by chunk; `decided` turns true once `refusals` is final.
+    """Feed a push body chunk by chunk; `decided` turns true once the ref rules and
+    fast-forwards are decided, and `take()` says what may go upstream so far.
 
-    `refusals` maps ref → (rule id, reason); empty means the push may go upstream.
-    Bytes are held (`held`) until the decision; nothing is released before it.
+    `refusals` maps ref → (rule id, reason); empty means the push may go upstream. Bytes
+    are held (`held`) until the decision, and the last `TAIL` until `finish()`; after a
+    refusal or `halt()` nothing more is released. The whole pack is walked either way, so
+    its sink (the scan) sees every object.
     """
 
-    def __init__(self, policy: GitPolicy, max_held: int = MAX_HELD_BYTES) -> None:
+    def __init__(self, policy: GitPolicy, max_held: int = MAX_HELD_BYTES, sink: PackSink | None = None) -> None:
         self.policy = policy
         self.max_held = max_held
         self.commands: PushCommands | None = None
         self.refusals: dict[str, tuple[str, str]] = {}
         self.decided = False
+        self.halted = False
+        self.finished = False
         self.held = bytearray()
-        self.walker = PackWalker()
+        self.walker = PackWalker(sink)
         self._pending: list[RefUpdate] = []
-        self._pack_at = 0
 
     def feed(self, data: bytes) -> None:
-        if self.decided:
+        if self.refusals:
             return
-        self.held += data
+        if not self.halted:
+            self.held += data
         try:
             if self.commands is None:
                 self.commands = parse_commands(self.held)
                 if self.commands is None:
                     return self._check_size()
                 self._judge_commands()
-                if self.decided:
+                if self.refusals:
                     return
-                self._pack_at = self.commands.end
+                data = bytes(self.held[self.commands.end:])
             if not self.commands.updates:
-                if len(self.held) > self.commands.end:
+                if data:
                     raise PktLineError("data after an empty command list")
                 return
-            if self._pack_at < len(self.held):
-                self.walker.feed(bytes(self.held[self._pack_at:]))
-                self._pack_at = len(self.held)
+            if data:
+                self.walker.feed(data)
         except (PktLineError, PackError) as e:
             return self.refuse_all("git.push", f"bottle: could not read the push ({e})")
-        self._pending = [u for u in self._pending
-                         if not proves_fast_forward(self.walker.commits, u.old, u.new)]
-        if not self._pending:
-            self.decided = True
-            return
-        self._check_size()
+        if self._pending:
+            self._pending = [u for u in self._pending
+                             if not proves_fast_forward(self.walker.commits, u.old, u.new)]
+            self.decided = not self._pending
+            self._check_size()
+
+    def take(self, final: bool = False) -> bytes:
+        """What may go upstream now: nothing before the decision or after a refusal, then
+        everything held but the last `TAIL` bytes, which only the final call releases."""
+        if self.refusals or self.halted:
+            self.held = bytearray()
+            return b""
+        if not self.decided or (final and not self.finished):
+            return b""
+        cut = len(self.held) if final else max(0, len(self.held) - TAIL)
+        out = bytes(self.held[:cut])
+        del self.held[:cut]
+        return out
+
+    def halt(self) -> None:
+        """The push will be refused (its scan found something): release nothing more."""
+        self.halted = True
+        self.held = bytearray()
 
     def finish(self) -> None:
-        """The body ended: whatever is still unproven is refused."""
-        if self.decided:
+        """The body ended: whatever is still unproven, or an unfinished pack, is refused."""
+        if self.finished or self.refusals:
+            self.finished = True
             return
+        self.finished = True
         if self.commands is None:
             return self.refuse_all("git.push", "bottle: could not read the push (incomplete commands)")
         if not self.commands.updates:
             self.decided = True
             return
+        if any(not u.is_deletion for u in self.commands.updates) and not self.walker.done:
+            return self.refuse_all("git.push", "bottle: could not read the push (the pack is incomplete)")
         for update in self._pending:
             self.refusals[update.ref] = (FORCE_PUSH_RULE, FORCE_PUSH_REASON.format(name=short_ref(update.ref)))
-        self._complete_refusals()
+        if self.refusals:
+            self._complete_refusals()
+        self.decided = True
 
     def _judge_commands(self) -> None:
         assert self.commands is not None
@@ -484,7 +368,7 @@ class PushInspector:
         self.decided = bool(self.commands.updates) and not self._pending
 
     def _check_size(self) -> None:
-        if len(self.held) > self.max_held:
+        if len(self.held) > self.max_held and not self.decided:
             if self.commands is None:
                 return self.refuse_all("git.push", "bottle: could not read the push (command section too long)")
             for update in self._pending:
@@ -494,6 +378,11 @@ class PushInspector:
                     f"{self.max_held // (1024 * 1024)} MiB of the push",
                 )
             self._complete_refusals()
+
+    def refuse(self, refusals: dict[str, tuple[str, str]]) -> None:
+        """Refuse the named refs (ref → (rule id, reason)); the others are refused with them."""
+        self.refusals.update(refusals)
+        self._complete_refusals()
 
     def refuse_all(self, rule_id: str, reason: str) -> None:
         refs = [u.ref for u in self.commands.updates] if self.commands else []

@@ -65,6 +65,7 @@ class FlowState:
     scrubber: Scrubber | None = None  # the real credential to take out of the answer
     scrubbed: int = 0
     push: git.PushInspector | None = None
+    push_scan: Any = None  # bottle.mitm.pushscan.PushScan: what the push adds, scanned as it streams
     refused_response: tuple[int, str, str | None] | None = None
     message_log: dict[str, Any] | None = None  # the verdict on the newest websocket message
     answer_scan: Any = None  # bottle.mitm.answers.AnswerScan of a text answer

@@ -85,6 +85,10 @@ case_ create-sandbox; git push origin HEAD:refs/heads/sandbox/x 2>&1; echo "rc=$
 echo more >> f; git commit -qam more
 case_ ff-sandbox; git push origin HEAD:sandbox/x 2>&1; echo "rc=$?"
 git rev-parse HEAD > /tmp/pushed; echo "pushed=$(cat /tmp/pushed)"
+printf 'aws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n' > aws.env
+git add aws.env; git commit -qm "add aws config"
+case_ secret-push; git push origin HEAD:sandbox/x 2>&1; echo "rc=$?"
+git reset -q --hard HEAD~1
 case_ push-main; git push origin HEAD:main 2>&1; echo "rc=$?"
 git commit -q --amend -m amended
 case_ force-push; git push -f origin HEAD:sandbox/x 2>&1; echo "rc=$?"
@@ -163,6 +167,19 @@ def test_branch_creation_and_fast_forward_push_to_a_push_branch_work(session):
     assert "rc=0" in session["sections"]["ff-sandbox"], session["sections"]["ff-sandbox"]
     pushed = re.search(r"pushed=([0-9a-f]{40})", session["stdout"]).group(1)
     assert session["after"]["refs/heads/sandbox/x"] == pushed
+
+
+def test_a_push_adding_an_aws_key_pair_is_refused_naming_the_file_and_the_finding(session):
+    out = session["sections"]["secret-push"]
+    assert ("! [remote rejected] HEAD -> sandbox/x (bottle: secret in aws.env "
+            "(DLP-AWS Access ID, DLP-AWS Secret Key))") in out, out
+    assert "rc=0" not in out
+    pushed = re.search(r"pushed=([0-9a-f]{40})", session["stdout"]).group(1)
+    assert session["after"]["refs/heads/sandbox/x"] == pushed
+    refused = [line for line in session["log"] if line.get("scanner")]
+    assert [(line["path"], line["decision"], line["rule"], line["scanner"]) for line in refused] == [
+        ("/acme/widgets.git/git-receive-pack", "block", "git.repositories[0]", ["DLP-AWS Access ID", "DLP-AWS Secret Key"])]
+    assert "AKIA" not in json.dumps(session["log"])
 
 
 def test_push_to_main_in_bot_mode_is_refused_with_the_reason(session):
@@ -384,7 +401,7 @@ git config --global user.email agent@test; git config --global user.name agent
 git clone -q https://github.com/acme/widgets.git big && cd big && git checkout -q -b sandbox/big
 echo start > s; git add s; git commit -qm start; git push -q origin sandbox/big 2>&1; echo "created=$?"
 head -c 100000000 /dev/urandom > blob.bin; git add blob.bin; git commit -qm big
-git push origin sandbox/big 2>&1; echo "pushed=$?"
+start=$(date +%s%N); git push origin sandbox/big 2>&1; echo "pushed=$?"; echo "push_ms=$(( ($(date +%s%N) - start) / 1000000 ))"
 git rev-parse HEAD
 touch /workspace/ready; while [ ! -f /workspace/go ]; do sleep 0.1; done
 """
@@ -432,4 +449,5 @@ def test_a_100_mb_fast_forward_push_streams_through_a_proxy_under_150_mb(git_wor
     assert "created=0" in text and "pushed=0" in text, text + stderr.decode(errors="replace")
     head = text.strip().splitlines()[-1]
     assert git_world.refs()["refs/heads/sandbox/big"] == head
+    print(f"100 MB push: proxy peak RSS {peak_kib // 1024} MiB, {re.search(r'push_ms=(\d+)', text).group(1)} ms")
     assert peak_kib < 150 * 1024, f"proxy peak RSS {peak_kib // 1024} MiB"

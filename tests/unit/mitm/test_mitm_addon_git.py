@@ -32,16 +32,27 @@ def addon(**changes):
 
 
 def push(addon_, body: bytes, path="/org/repo.git/git-receive-pack", chunk=50):
+    f, _, sent = drive_push(addon_, body, path, chunk)
+    return f, sent
+
+
+def drive_push(addon_, body: bytes, path="/org/repo.git/git-receive-pack", chunk=50):
+    """A push as mitmproxy drives it: the body's chunks (the event loop runs between them),
+    the hook before its end, the end, upstream's answer. Returns the flow, what was sent
+    upstream before the end, and all that was sent."""
     f = make_flow("POST", f"https://github.com{path}", headers=[("content-type", "application/x-git-receive-pack-request"),
                                                                 ("content-length", str(len(body)))])
 
     async def go():
         await addon_.requestheaders(f)
-        sent = b""
+        sent = before_end = b""
         if f.response is None:
             assert callable(f.request.stream)
             for i in range(0, len(body), chunk):
                 sent += b"".join(f.request.stream(body[i:i + chunk]))
+                await asyncio.sleep(0)
+            before_end = sent
+            await addon_.bottle_request_streamed(f)
             sent += b"".join(f.request.stream(b""))
             await addon_.request(f)
             f.response = http.Response.make(200, b"upstream", {"content-type": "application/x-git-receive-pack-result"})
@@ -49,9 +60,9 @@ def push(addon_, body: bytes, path="/org/repo.git/git-receive-pack", chunk=50):
             if callable(f.response.stream):
                 f.response.stream(b"upstream")
         await addon_.response(f)
-        return sent
+        return before_end, sent
 
-    return f, asyncio.run(go())
+    return (f, *asyncio.run(go()))
 
 
 def test_fast_forward_push_to_a_push_branch_reaches_upstream_whole():
