@@ -133,6 +133,14 @@ def test_a_dry_run_asks_the_client_which_engine_it_is(tmp_path):
     assert engines.plan_engine(None, {"BOTTLE_DOCKER": client}) == ("podman", None)
 
 
+def test_a_dry_run_on_an_engine_start_would_refuse_says_so(tmp_path):
+    info = {**PODMAN_INFO, "host": {**PODMAN_INFO["host"], "security": {"rootless": True}}}
+    client = fake_client(tmp_path, "podman", PODMAN_VERSION, info)
+    name, note = engines.plan_engine(None, {"BOTTLE_DOCKER": client})
+    assert name == "podman"
+    assert note.startswith("bottle start would refuse this engine: rootless Podman cannot run a bottle yet")
+
+
 ROOTFUL = Engine(name="podman", version="4.3.1", cgroup_version="v1", network_backend="netavark")
 
 

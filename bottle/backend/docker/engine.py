@@ -140,15 +140,22 @@ def resolve_engine(option: str | None, env: Mapping[str, str]) -> tuple[DockerCL
 
 def plan_engine(option: str | None, env: Mapping[str, str]) -> tuple[str, str | None]:
     """The engine a dry-run plans for, touching no container or network: the one asked
-    for, else the client's answer to `version`. When no client answers, Docker is
-    assumed, and the second value says so."""
+    for, else the client's answer to `version`. The second value is a note for the
+    reader: Docker was assumed because no client answered, or start would refuse it."""
     requested = requested_engine(option, env)
     if requested:
         return requested, None
     try:
-        return resolve_engine(None, env)[1].name, None
+        found = resolve_engine(None, env)[1]
+    except NotSupportedError as e:
+        return "docker", f"bottle start would refuse this engine: {e.message}"
     except BackendError:
         return "docker", "no engine answered, so this plan assumes Docker; pass --engine to choose"
+    try:
+        require_supported(found)
+    except NotSupportedError as e:
+        return found.name, f"bottle start would refuse this engine: {e.message}"
+    return found.name, None
 
 
 def require_supported(engine: Engine) -> None:
