@@ -88,6 +88,8 @@ def engine(request, docker_engine) -> Engine:
     if not PODMAN:
         missing("podman is not installed (scripts/test installs Debian's podman as root)")
     podman = _require(Engine("podman", PODMAN))
+    if podman("info", "--format", "{{.Host.Security.Rootless}}").stdout.strip() == b"true":
+        missing("Podman is rootless here, which bottle refuses: run the Podman tests as root")
     if PIPELOCK_IMAGE and podman("image", "inspect", PIPELOCK_IMAGE, check=False).returncode != 0:
         missing(f"image {PIPELOCK_IMAGE} is not in podman's store (scripts/test puts it there)")
     return podman
