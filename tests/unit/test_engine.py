@@ -80,6 +80,15 @@ def test_a_client_that_is_podman_is_detected_with_its_info(tmp_path):
     assert str(found) == "Podman 4.3.1"
 
 
+def test_a_podman_whose_info_is_not_json_is_an_error_not_a_traceback(tmp_path):
+    client = fake_client(tmp_path, "podman", PODMAN_VERSION)
+    client_path = Path(client)
+    client_path.write_text(client_path.read_text().replace("echo '{}'", "echo 'Error: no'"))
+    with pytest.raises(BackendError) as info:
+        engines.resolve_engine(None, {"BOTTLE_DOCKER": client})
+    assert info.value.message == f"`{client} info` did not answer a JSON object:\n    Error: no"
+
+
 def test_a_docker_client_is_docker(tmp_path):
     client = fake_client(tmp_path, "docker", DOCKER_VERSION)
     assert engines.resolve_engine("docker", {"BOTTLE_DOCKER": client})[1] == Engine(name="docker",

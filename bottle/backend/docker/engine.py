@@ -114,7 +114,13 @@ def detect_engine(docker: DockerCLI) -> Engine:
                 tip="start the Docker engine, or choose another with --engine / BOTTLE_DOCKER",
             )
         return Engine(name="docker", version=version)
-    info = json.loads(docker.output(["info", "--format", "{{json .}}"], timeout=60) or "{}")
+    text = docker.output(["info", "--format", "{{json .}}"], timeout=60)
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise BackendError(f"`{docker.executable} info` did not answer a JSON object:\n    {text[:500]}")
     host = info.get("host") or {}
     return Engine(
         name="podman",
