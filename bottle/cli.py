@@ -13,6 +13,13 @@ from bottle import __version__
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["docker", "podman"]),
+    help="The container engine (default: $BOTTLE_ENGINE, else whichever engine the client "
+    "($BOTTLE_DOCKER, else docker or podman on PATH) reports).",
+)
+
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="bottle")
@@ -70,8 +77,9 @@ def schema() -> None:
     type=click.Choice(["discover", "enforce"]),
     help="Override egress.mode for this run: discover logs what enforce would block and lets it through.",
 )
+@engine_option
 def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
-          mode: str | None) -> None:
+          mode: str | None, engine: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
     Put a command after `--` to run it instead of the manifest's agent.command:
@@ -80,6 +88,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
     The agent's exit code becomes bottle's.
     """
+    from bottle.backend.docker import engine as engines
     from bottle.backend.docker.plan import docker_plan
     from bottle.manifest import load_manifest
     from bottle.plan import build_plan, new_run_id, proxy_image
@@ -87,21 +96,25 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
                       proxy_image=proxy_image(os.environ), mode=mode)
-    dplan = docker_plan(plan)
     if dry_run:
+        name, assumption = engines.plan_engine(engine, os.environ)
+        dplan = docker_plan(plan, name)
         if output_format == "json":
             click.echo(json.dumps(dplan.to_dict(), indent=2))
         else:
             from bottle.preflight import render_preflight
 
-            click.echo(render_preflight(dplan), nl=False)
+            click.echo(render_preflight(dplan, note=assumption), nl=False)
         return
     if output_format != "text":
         raise click.UsageError("--format applies to --dry-run only")
     from bottle.backend.docker.backend import DockerBackend
     from bottle.run import run_bottle
 
-    exit_code = run_bottle(dplan, DockerBackend.from_environment(), egress_log=egress_log)
+    docker, found = engines.resolve_engine(engine, os.environ)
+    engines.require_supported(found)
+    backend = DockerBackend(docker, engine=found)
+    exit_code = run_bottle(docker_plan(plan, found.name), backend, egress_log=egress_log)
     sys.exit(exit_code)
 
 
@@ -246,10 +259,12 @@ def replay(logs: tuple[Path, ...], manifest: Path, output_format: str) -> None:
     metavar="HEX",
     help="Accept a pipelock source archive with this sha256 instead of the pinned v2.3.0 one.",
 )
+@engine_option
 def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, no_cache: bool,
-          pipelock_source: Path | None, pipelock_sha256: str | None) -> None:
+          pipelock_source: Path | None, pipelock_sha256: str | None, engine: str | None) -> None:
     """Build bottle's images (proxy and agent; pipelock with --pipelock-source)."""
-    from bottle.backend.docker.build import build_images, parse_base_images
+    from bottle.backend.docker.build import build_images, check_request, parse_base_images
+    from bottle.backend.docker.engine import resolve_engine
     from bottle.pipelock_source import PIPELOCK_SOURCE_SHA256, resolve_source
     from bottle.plan import proxy_image
 
@@ -261,8 +276,13 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
         if source.sha256 is None:
             click.echo(f"bottle: warning: building pipelock from the directory {source.path} as it is; "
                        "only an archive can be checked against a sha256", err=True)
+    bases = parse_base_images(base_images)
+    check_request(only, source)
+    docker, found = resolve_engine(engine, os.environ)
     build_images(
-        parse_base_images(base_images),
+        bases,
+        docker=docker,
+        engine=found,
         proxy_tag=proxy_image(os.environ),
         ca_cert=ca_cert,
         only=only,
@@ -274,11 +294,14 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
 @cli.command()
 @click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def cleanup(remove_all: bool, dry_run: bool) -> None:
+@engine_option
+def cleanup(remove_all: bool, dry_run: bool, engine: str | None) -> None:
     """Remove containers, volumes and networks that a killed `bottle start` left behind."""
     from bottle.backend.docker.backend import DockerBackend
+    from bottle.backend.docker.engine import resolve_engine
 
-    DockerBackend.from_environment().cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+    docker, found = resolve_engine(engine, os.environ)
+    DockerBackend(docker, engine=found).cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
 
 
 @cli.command()

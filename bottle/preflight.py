@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import shlex
 
-from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv
+from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv, network_create_argv
 
 
 def _list(values: tuple[str, ...] | None, every: str) -> str:
     return ", ".join(values) if values else every
 
 
-def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
+def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str:
+    """`note` says how the engine was chosen when that was a guess."""
     plan = dplan.bottle
+    docker = dplan.engine
     lines = [
         f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
         "",
@@ -65,12 +67,16 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
         f"Scanner  {plan.scanner.image} (mode {plan.scanner.mode}); every decrypted request is scanned; "
         "an unreachable scanner blocks",
         "",
-        "Docker resources (created in this order)",
+        f"{'Podman' if docker == 'podman' else 'Docker'} resources (created in this order)",
     ]
+    if note:
+        lines.append(f"  ({note})")
     for network in dplan.networks:
         kind = "internal, no gateway" if network.internal else "bridge with a route out"
         verb = "create" if network.create else "use existing"
         lines.append(f"  network    {network.name}  ({verb}; {kind})")
+        if network.create:
+            lines.append(f"    $ {shlex.join([docker, *network_create_argv(network)])}")
     for volume in dplan.volumes:
         lines.append(f"  volume     {volume.name}")
     for container in dplan.containers:

@@ -6,6 +6,8 @@
 #   ensure_test_images   build bottle-test/upstream:latest and bottle-test/git:latest
 #   ensure_pipelock      find, pull or build (from source) a pipelock image and binary
 #                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN
+#   ensure_podman_images copy the images the Podman tests run from Docker's store into
+#                        Podman's (docker save | podman load), when missing or different
 # Tunables: BOTTLE_PULL_TIMEOUT (s, default 60), BOTTLE_PIPELOCK_IMAGE (use this image),
 #           BOTTLE_PIPELOCK_SOURCE (source archive; default ../shared/third_party/pipelock-*.tar.gz),
 #           BOTTLE_BUILD_CA (CA bundle passed as BuildKit secret build_ca,
@@ -251,7 +253,31 @@ ensure_pipelock() {
     note "BOTTLE_PIPELOCK_BIN=$BOTTLE_PIPELOCK_BIN"
 }
 
-# Everything scripts/test and scripts/demo need, step by step (timed).
+# The same images, by ID, in Podman's store (load only what is missing or different).
+ensure_podman_images() {
+    [[ -n "${BOTTLE_PODMAN:-}" ]] || return 0
+    local image want have copy=()
+    # The python base too: the tests run `bottle build` on Podman.
+    for image in "${BOTTLE_PROXY_IMAGE:-bottle/proxy:$BOTTLE_VERSION}" "bottle/agent:$BOTTLE_VERSION" \
+        bottle-test/upstream:latest ${BOTTLE_TEST_PIPELOCK_IMAGE:+"$BOTTLE_TEST_PIPELOCK_IMAGE"} \
+        ${BOTTLE_BASE_PYTHON:+"$BOTTLE_BASE_PYTHON"}; do
+        want="$(dk image inspect --format '{{.Id}}' "$image")" || die "$image is not in Docker's store"
+        have="$("$BOTTLE_PODMAN" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
+        [[ "${want#sha256:}" == "$have" ]] || copy+=("$image")
+    done
+    if ((${#copy[@]} == 0)); then
+        note "Podman has every image"
+    else
+        note "docker save | podman load: ${copy[*]}"
+        dk save "${copy[@]}" | "$BOTTLE_PODMAN" load -q >/dev/null || die "podman load failed"
+    fi
+    local out
+    out="$("$BOTTLE_PODMAN" run --rm --network none --entrypoint true bottle-test/upstream:latest 2>&1)" \
+        || die "Podman cannot start a container here: $out"
+}
+
+# Everything scripts/test and scripts/demo need, step by step (timed); with
+# --with-podman also Podman and its images (the Podman integration tests).
 # Needs common.sh, engine.sh and this file sourced.
 ensure_all() {
     local start=$SECONDS
@@ -261,6 +287,10 @@ ensure_all() {
     step "bottle images"; ensure_images
     step "test images";   ensure_test_images
     step "pipelock";      ensure_pipelock
+    if [[ "${1:-}" == --with-podman ]]; then
+        step "podman";        ensure_podman
+        step "podman images"; ensure_podman_images
+    fi
     step_done
     printf '==> setup done in %ss\n' "$((SECONDS - start))" >&2
 }

@@ -47,7 +47,7 @@ class GitWorld:
 
 
 @pytest.fixture(scope="module")
-def git_world(engine, tmp_path_factory):
+def git_world(docker_engine, tmp_path_factory):
     if docker("image", "inspect", GIT_IMAGE, check=False).returncode != 0:
         missing(f"image {GIT_IMAGE} is not built (docker build -f tests/images/git/Dockerfile "
                 f"-t {GIT_IMAGE} .)")

@@ -68,3 +68,13 @@ def test_a_new_client_without_buildx_is_refused_with_a_tip():
         "Tip: install the docker-buildx plugin, or set BOTTLE_DOCKER to a client with BuildKit "
         "(e.g. /usr/bin/docker from Debian's docker.io package)"
     )
+
+
+def test_podman_builds_with_buildah_in_docker_format_and_docker_with_plain_progress():
+    from bottle.backend.docker.engine import Engine
+
+    podman = Engine(name="podman", version="4.3.1")
+    # The docker format keeps HEALTHCHECK, which Buildah's default OCI format drops.
+    assert build.build_command(FakeDocker(False, "4.3.1"), podman) == (["build", "--format", "docker"], {})
+    assert build.build_command(FakeDocker(False, "20.10.24+dfsg1")) == (
+        ["build", "--progress=plain"], {"DOCKER_BUILDKIT": "1"})

@@ -73,6 +73,25 @@ def test_dry_run_text_names_what_would_be_created_and_touches_nothing(monkeypatc
     assert "sk-ant-zzz" not in out
 
 
+def test_dry_run_without_an_engine_plans_for_docker_and_says_so(monkeypatch):
+    monkeypatch.setenv("BOTTLE_DOCKER", "/nonexistent/docker")
+    monkeypatch.delenv("BOTTLE_ENGINE", raising=False)
+    result = CliRunner().invoke(cli, ["start", "--dry-run", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "Docker resources (created in this order)\n" \
+           "  (no engine answered, so this plan assumes Docker; pass --engine to choose)\n" in result.output
+
+
+def test_dry_run_on_podman_prints_podmans_commands(monkeypatch):
+    monkeypatch.setenv("BOTTLE_DOCKER", "/nonexistent/docker")  # --engine alone decides; nothing runs
+    result = CliRunner().invoke(cli, ["start", "--dry-run", "--engine", "podman", str(EXAMPLE)])
+    assert result.exit_code == 0, result.output
+    assert "Podman resources (created in this order)" in result.output
+    assert "$ podman network create --driver bridge --internal --disable-dns --label" in result.output
+    assert "$ podman create --name bottle-claude-" in result.output
+    assert "docker" not in result.output.replace("com.docker", "")
+
+
 def test_dry_run_json_is_one_document(monkeypatch):
     result = invoke("start", "--dry-run", "--format=json", str(EXAMPLE))
     document = json.loads(result.output)

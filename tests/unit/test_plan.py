@@ -1,4 +1,5 @@
-"""The plan built from the example manifest, the Docker plan's hardening, and the dry-run JSON contract."""
+"""The plan built from the example manifest, the Docker plan's hardening on Docker and
+Podman, and the dry-run JSON contract."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from bottle.backend.docker.plan import create_argv, docker_plan
+from bottle.backend.docker.plan import create_argv, docker_plan, network_create_argv
 from bottle.manifest import load_manifest
 from bottle.mitm.policy import AllowRule, Route
 from bottle.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "claude.yaml"
-GOLDEN = Path(__file__).parent / "golden" / "dry-run-claude.json"
+GOLDEN = {
+    "docker": Path(__file__).parent / "golden" / "dry-run-claude.json",
+    "podman": Path(__file__).parent / "golden" / "dry-run-claude-podman.json",
+}
 
 
 def example_plan(env=None):
@@ -54,8 +58,9 @@ def test_command_after_double_dash_overrides_manifest():
     assert plan.agent.command == ("claude", "-p", "fix it")
 
 
-def test_agent_container_is_hardened():
-    agent = docker_plan(example_plan()).container("agent")
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_agent_container_is_hardened(engine):
+    agent = docker_plan(example_plan(), engine).container("agent")
     argv = create_argv(agent)
     for flag in (["--cap-drop", "ALL"], ["--security-opt", "no-new-privileges"], ["--user", "1000:1000"],
                  ["--pids-limit", "1024"], ["--memory", "4g"], ["--memory-swap", "4g"], ["--cpus", "2"],
@@ -73,8 +78,9 @@ def test_agent_container_is_hardened():
     assert env["NODE_EXTRA_CA_CERTS"] == "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
 
 
-def test_proxy_gets_credentials_by_name_only_and_cannot_route():
-    proxy = docker_plan(example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-x"})).container("proxy")
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_proxy_gets_credentials_by_name_only_and_cannot_route(engine):
+    proxy = docker_plan(example_plan(env={"ANTHROPIC_API_KEY": "sk-ant-x"}), engine).container("proxy")
     argv = create_argv(proxy)
     assert _contains(argv, ["--env", "ANTHROPIC_API_KEY"])
     assert not any("sk-ant-x" in a for a in argv)
@@ -93,6 +99,40 @@ def test_networks_are_internal_without_gateway_and_never_ipv6():
     assert dplan.container("agent").network == agent_net.name
     assert dplan.container("pipelock").network == scanner_net.name
     assert [n for n, _ in dplan.container("proxy").extra_networks] == [agent_net.name, scanner_net.name]
+
+
+def test_on_podman_the_internal_networks_have_no_dns_so_no_address_on_the_host():
+    dplan = docker_plan(example_plan(), "podman")
+    agent_net, scanner_net, egress_net = dplan.networks
+    for net in (agent_net, scanner_net):
+        assert network_create_argv(net) == [
+            "network", "create", "--driver", "bridge", "--internal", "--disable-dns",
+            *[a for k, v in net.labels for a in ("--label", f"{k}={v}")], net.name,
+        ]
+    assert egress_net.dns and not egress_net.internal
+    # Nothing is found by name on a network without DNS: no aliases are planned there.
+    assert dplan.container("pipelock").alias is None
+    assert dplan.container("proxy").extra_networks == ((agent_net.name, None), (scanner_net.name, None))
+
+
+def test_on_podman_the_agent_and_pipelock_have_no_ipv6_and_nothing_writable_but_their_mounts():
+    dplan = docker_plan(example_plan(), "podman")
+    for role in ("agent", "pipelock"):
+        argv = create_argv(dplan.container(role))
+        assert _contains(argv, ["--sysctl", "net.ipv6.conf.all.disable_ipv6=1"]), role
+        assert _contains(argv, ["--sysctl", "net.ipv6.conf.default.disable_ipv6=1"]), role
+    for role in ("proxy", "pipelock"):
+        assert "--read-only-tmpfs=false" in create_argv(dplan.container(role)), role
+    proxy = create_argv(dplan.container("proxy"))
+    assert _contains(proxy, ["--tmpfs", "/run/bottle:rw,noexec,nosuid,size=64m,mode=0700,notmpcopyup,U"])
+    assert _contains(proxy, ["--tmpfs", "/tmp:rw,noexec,nosuid,size=64m,notmpcopyup"])
+
+
+def test_on_docker_nothing_podman_only_is_planned():
+    dplan = docker_plan(example_plan())
+    argvs = [create_argv(c) for c in dplan.containers] + [network_create_argv(n) for n in dplan.networks]
+    for flag in ("--disable-dns", "--read-only-tmpfs=false", "net.ipv6.conf.all.disable_ipv6=1"):
+        assert not any(flag in argv for argv in argvs), flag
 
 
 def test_start_order_and_teardown():
@@ -121,20 +161,29 @@ def test_existing_egress_network_is_used_not_created_or_removed(write_manifest):
     assert dplan.container("proxy").network == "corp-egress"
 
 
-def dry_run_document() -> str:
-    text = json.dumps(docker_plan(example_plan()).to_dict(), indent=2) + "\n"
+def dry_run_document(engine: str = "docker") -> str:
+    text = json.dumps(docker_plan(example_plan(), engine).to_dict(), indent=2) + "\n"
     return text.replace(str(ROOT), "<repo>")
 
 
-def test_dry_run_json_matches_golden_file():
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_dry_run_json_matches_golden_file(engine):
     """The dry-run JSON is a contract. If this fails, the change is either a bug or a
     contract change: bump DRY_RUN_SCHEMA_VERSION when a field changes meaning or goes
     away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1."""
     import os
 
     if os.environ.get("BOTTLE_UPDATE_GOLDEN"):
-        GOLDEN.write_text(dry_run_document())
-    assert dry_run_document() == GOLDEN.read_text()
+        GOLDEN[engine].write_text(dry_run_document(engine))
+    assert dry_run_document(engine) == GOLDEN[engine].read_text()
+
+
+def test_the_docker_and_podman_documents_differ_only_in_how_each_engine_isolates():
+    docker, podman = (json.loads(dry_run_document(e)) for e in ("docker", "podman"))
+    assert (docker["bottle"].pop("engine"), podman["bottle"].pop("engine")) == ("docker", "podman")
+    for key in ("networks", "containers"):
+        docker.pop(key), podman.pop(key)
+    assert docker == podman
 
 
 def test_dry_run_json_is_versioned_and_never_carries_a_fingerprint_yet():

@@ -12,8 +12,10 @@ import pytest
 
 from bottle.backend.base import BottleBackend, RunningBottle
 from bottle.backend.docker.backend import DockerBackend
+from bottle.backend.docker.engine import Engine
 from bottle.backend.docker.plan import docker_plan
 from bottle.errors import BackendError, StartError
+from bottle.launch.secrets import make_secrets
 from bottle.manifest import load_manifest
 from bottle.plan import build_plan
 from bottle.run import run_bottle
@@ -123,6 +125,7 @@ class FakeDocker:
 
     def __init__(self, fail_on: str):
         self.calls: list[list[str]] = []
+        self.inputs: dict[str, bytes] = {}
         self.fail_on = fail_on
 
     def argv(self, args):
@@ -130,6 +133,8 @@ class FakeDocker:
 
     def run(self, args, *, input=None, env=None, check=True, timeout=300):
         self.calls.append(list(args))
+        if input is not None:
+            self.inputs[" ".join(args)] = input
         if self.fail_on in " ".join(args):
             if check:
                 raise BackendError(f"`docker {' '.join(args)}` failed with exit code 1")
@@ -150,7 +155,7 @@ def removals(docker: FakeDocker) -> list[str]:
     names = []
     for call in docker.calls:
         if call[:3] == ["rm", "--force", "--volumes"]:
-            names += call[3:]
+            names += [n for n in call[3:] if n not in ("--time", "0")]
         elif call[:3] == ["volume", "rm", "--force"]:
             names += call[3:]
         elif call[:2] == ["network", "rm"]:
@@ -240,3 +245,85 @@ def test_a_failed_start_does_not_wait_for_the_scanners_health(tmp_path):
         run_bottle(example_dplan(), DockerBackend(docker, env={}), egress_log=tmp_path / "l.jsonl", env={})
     assert time.monotonic() - started < 5  # not the 60 s health timeout
     assert "bottle-claude-abc123-pipelock" in removals(docker)
+
+
+PODMAN = Engine(name="podman", version="4.3.1", cgroup_version="v1", network_backend="netavark")
+
+
+def podman_dplan():
+    return docker_plan(build_plan(load_manifest(EXAMPLE), env={}, run_id="abc123"), "podman")
+
+
+def delivered_policy(docker: FakeDocker) -> dict:
+    import io
+    import json
+    import tarfile
+
+    tar = next(data for call, data in docker.inputs.items() if "bottle.mitm.receive" in call)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        return json.loads(archive.extractfile("policy.json").read())
+
+
+def test_on_podman_pipelock_keeps_a_root_owned_config_and_is_reached_by_address(tmp_path):
+    docker = FakeDocker(fail_on="nothing-fails")
+    backend = DockerBackend(docker, env={}, engine=PODMAN)
+    with backend.launch(podman_dplan(), make_secrets("bottle-claude-abc123", ("ANTHROPIC_API_KEY",)), env={}):
+        pass
+    calls = [" ".join(c) for c in docker.calls]
+    # `podman cp` would chown the config to pipelock's user; Podman without systemd
+    # never runs health checks by itself.
+    assert "cp --archive=false - bottle-claude-abc123-pipelock:/etc/pipelock" in calls
+    assert "healthcheck run bottle-claude-abc123-pipelock" in calls
+    assert delivered_policy(docker)["scanner"]["url"] == "http://172.30.0.2:9090/api/v1/scan"
+    assert "rm --force --volumes --time 0 bottle-claude-abc123-agent bottle-claude-abc123-proxy " \
+           "bottle-claude-abc123-pipelock" in calls
+
+
+def test_on_docker_pipelock_is_reached_by_its_alias(tmp_path):
+    docker = FakeDocker(fail_on="nothing-fails")
+    with DockerBackend(docker, env={}).launch(example_dplan(), make_secrets("b", ("ANTHROPIC_API_KEY",)), env={}):
+        pass
+    assert delivered_policy(docker)["scanner"]["url"] == "http://pipelock:9090/api/v1/scan"
+    assert not [c for c in docker.calls if c[0] in ("healthcheck",) or "--archive=false" in c]
+
+
+def test_an_agent_network_that_drops_traffic_stops_the_start_with_a_tip(tmp_path):
+    class Dropping(FakeDocker):
+        def run(self, args, *, check=True, **kwargs):
+            if args[:2] == ["exec", "bottle-claude-abc123-proxy"] and "-c" in args:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 1, b"", b"TimeoutError: timed out")
+            return super().run(args, check=check, **kwargs)
+
+    docker = Dropping(fail_on="nothing-fails")
+    with pytest.raises(StartError) as info:
+        run_bottle(podman_dplan(), DockerBackend(docker, env={}, engine=PODMAN), egress_log=tmp_path / "l.jsonl",
+                   env={})
+    assert info.value.message == (
+        "the proxy cannot reach the agent on the network bottle-claude-abc123-agent: TimeoutError: timed out\n"
+        "Tip: if Docker runs on this host too, its iptables FORWARD policy DROP also drops traffic on Podman's "
+        "bridges; allow bridged traffic on them in Docker's DOCKER-USER chain: iptables -I DOCKER-USER -i "
+        "podman+ -o podman+ -m physdev --physdev-is-bridged -j ACCEPT"
+    )
+    assert not [c for c in docker.calls if "bottle.mitm.receive" in c]  # never started serving
+    assert "bottle-claude-abc123-agent" in removals(docker)
+
+
+def test_cleanup_reads_labels_with_inspect_on_either_engine(tmp_path):
+    import json
+
+    class Leftovers(FakeDocker):
+        def run(self, args, *, check=True, **kwargs):
+            self.calls.append(list(args))
+            out = b""
+            if args[:2] == ["ps", "--all"]:
+                out = b"bottle-x-1-agent\n"
+            elif args[0] == "inspect":
+                out = json.dumps({"dev.bottle.bottle": "bottle-x-1", "dev.bottle.owner": "elsewhere:1"}).encode()
+            return subprocess.CompletedProcess(args, 0, out, b"")
+
+    for engine in (PODMAN, Engine(name="docker")):
+        docker, said = Leftovers(fail_on="nothing-fails"), []
+        assert DockerBackend(docker, env={}, engine=engine).cleanup(remove_running=False, dry_run=True,
+                                                                    echo=said.append) == 1
+        assert said == ["would remove container bottle-x-1-agent"]

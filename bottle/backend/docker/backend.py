@@ -1,4 +1,8 @@
-"""The Docker backend: launch a DockerBottlePlan, run the agent, tear everything down."""
+"""The Docker backend: launch a DockerBottlePlan, run the agent, tear everything down.
+
+It drives Docker or Podman (engine.py); where the two answer differently, the
+difference is handled here next to a comment saying why.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 from bottle.backend.base import BottleBackend, RunningBottle
 from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
+from bottle.backend.docker.engine import DOCKER, Engine
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
@@ -28,6 +33,28 @@ from bottle.signals import signals_ignored
 
 KEEP_ENV = "BOTTLE_KEEP"
 READY_TIMEOUT = 60.0
+# Seconds the proxy waits for the agent's kernel to answer on the agent network.
+REACH_TIMEOUT = 3.0
+
+# Run in the proxy: connect to the agent on a port nothing listens on. A refusal (or an
+# accepted connection) proves that packets pass between them; a timeout means something
+# on the host drops them (docs/prds/0007-podman.md).
+REACH_SCRIPT = r"""
+import socket, sys
+s = socket.socket()
+s.settimeout(float(sys.argv[2]))
+try:
+    s.connect((sys.argv[1], 9))
+except ConnectionRefusedError:
+    pass
+except OSError as e:
+    sys.exit(f"{type(e).__name__}: {e}")
+"""
+# What the engines say when a create names an image they do not have and cannot pull.
+MISSING_IMAGE = (
+    "Unable to find image", "No such image", "pull access denied",  # Docker
+    "did not resolve to an alias", "image not known", "initializing source",  # Podman
+)
 
 # Run as root inside the agent before its command. The certificate goes where
 # update-ca-certificates looks for local CAs, so it survives any later rebuild of the
@@ -76,13 +103,14 @@ def owner_label() -> str:
 
 
 class DockerBackend(BottleBackend):
-    def __init__(self, docker: DockerCLI, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, docker: DockerCLI, *, env: Mapping[str, str] | None = None, engine: Engine = DOCKER) -> None:
         self.docker = docker
         self.env = os.environ if env is None else env
+        self.engine = engine
 
-    @classmethod
-    def from_environment(cls) -> DockerBackend:
-        return cls(DockerCLI())
+    @property
+    def podman(self) -> bool:
+        return self.engine.name == "podman"
 
     # -- launch -------------------------------------------------------------------
 
@@ -127,20 +155,22 @@ class DockerBackend(BottleBackend):
         agent_network = plan.network("agent").name
         # On an error, `stopping` lets the scanner thread stop waiting for health at once.
         with _Workers(stop=created.stopping) as workers:
-            scanner_ready = workers.submit(self._start_scanner, plan, pipelock, secrets, substitutions, created)
+            scanner_host = workers.submit(self._start_scanner, plan, pipelock, secrets, substitutions, created)
             self._create(proxy, substitutions, created, env=env)
             for argv in dp.connect_argv(proxy):
                 self.docker.run(argv)
-            self.docker.run(["start", proxy.name])
+            self._start_container(proxy.name)
             proxy_ip = self._address(proxy.name, agent_network)
             substitutions[dp.PROXY_IP] = proxy_ip
             self._create(agent, substitutions, created)
-            self.docker.run(["start", agent.name])
+            self._start_container(agent.name)
             agent_ip = self._address(agent.name, agent_network)
             # The CA goes into the agent's trust store while the proxy starts serving;
             # the agent command itself only runs after both.
             workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
-            scanner_ready.result()
+            reach = workers.submit(self._check_reach, proxy.name, agent_ip, agent_network)
+            scanner = scanner_host.result()
+            reach.result()
             files = {
                 "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
                 "policy.json": render_policy(
@@ -148,7 +178,7 @@ class DockerBackend(BottleBackend):
                     clients=[agent_ip],
                     listen_host=proxy_ip,
                     listen_port=PROXY_PORT,
-                    scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan",
+                    scanner_url=f"http://{scanner}:{SCANNER_PORT}/api/v1/scan",
                     scanner_token=secrets.scanner_token,
                     placeholders=secrets.placeholders,
                     upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
@@ -173,7 +203,9 @@ class DockerBackend(BottleBackend):
         secrets: LaunchSecrets,
         substitutions: Mapping[str, str],
         created: _Created,
-    ) -> None:
+    ) -> str:
+        """Start pipelock and wait until it is healthy; returns the host name or address
+        the proxy reaches it by."""
         self._create(pipelock, dict(substitutions), created)
         config = render_pipelock_config(
             scan_listen=f"0.0.0.0:{SCANNER_PORT}",
@@ -181,12 +213,31 @@ class DockerBackend(BottleBackend):
             token=secrets.scanner_token,
             max_body_bytes=SCANNER_MAX_BODY_BYTES * 2,
         )
+        # `podman cp` chowns what it copies to the container's user unless told not to,
+        # which would let pipelock rewrite its own configuration; the tar says root.
+        cp = ["cp", "--archive=false"] if self.podman else ["cp"]
         self.docker.run(
-            ["cp", "-", f"{pipelock.name}:{dp.PIPELOCK_CONFIG_DIR}"],
+            [*cp, "-", f"{pipelock.name}:{dp.PIPELOCK_CONFIG_DIR}"],
             input=_tar({"pipelock.yaml": config.encode()}, mode=0o444),
         )
-        self.docker.run(["start", pipelock.name])
+        self._start_container(pipelock.name)
         self._wait_healthy(pipelock.name, created.stopping)
+        return pipelock.alias or self._address(pipelock.name, pipelock.network)
+
+    def _start_container(self, name: str) -> None:
+        try:
+            self.docker.run(["start", name])
+        except BackendError as e:
+            if "error setting rlimit" not in e.message:
+                raise
+            # Rootful Podman raises the open-files and process limits to 1048576, which
+            # needs CAP_SYS_RESOURCE; inside another container or sandbox root may lack it.
+            raise BackendError(
+                e.message,
+                tip="root here cannot raise resource limits; set limits it can give in containers.conf "
+                "([containers] default_ulimits = [\"nofile=N:N\", \"nproc=N:N\"] with N no more than "
+                "`ulimit -Hn` and `ulimit -Hu`)",
+            ) from None
 
     def _make(self, created: _Created, kind: str, name: str, argv: list[str]) -> None:
         self.docker.run(argv)
@@ -210,7 +261,7 @@ class DockerBackend(BottleBackend):
         try:
             self.docker.run(argv, env=child_env)
         except BackendError as e:
-            if any(s in e.message for s in ("Unable to find image", "No such image", "pull access denied")):
+            if any(s in e.message for s in MISSING_IMAGE):
                 detail = e.message.split("stderr:", 1)[-1].strip()
                 raise StartError(
                     f"the {container.role} image {container.image} is not available here and could not be "
@@ -232,7 +283,8 @@ class DockerBackend(BottleBackend):
                 print(f"bottle: {KEEP_ENV} is set, keeping {kind} {name}", file=sys.stderr)
             return
         args = {
-            "container": ["rm", "--force", "--volumes"],
+            # Docker's `rm --force` kills at once; Podman's first waits up to 10 s for SIGTERM.
+            "container": ["rm", "--force", "--volumes", *(["--time", "0"] if self.podman else [])],
             "volume": ["volume", "rm", "--force"],
             "network": ["network", "rm"],
         }[kind]
@@ -247,9 +299,9 @@ class DockerBackend(BottleBackend):
             stderr = result.stderr.decode(errors="replace")
             if result.returncode == 0:
                 return
-            # Keep only what still exists; "No such ..." means it is already gone.
-            remaining = [n for n in remaining if n in stderr and "No such" not in _line_for(stderr, n)
-                         and "not found" not in _line_for(stderr, n)]
+            # Keep only what still exists; "No such ..." or "... not found" means it is
+            # already gone (Docker and Podman word it differently).
+            remaining = [n for n in remaining if n in stderr and not _gone(_line_for(stderr, n))]
             if not remaining:
                 return
             time.sleep(0.2 * (attempt + 1))
@@ -269,9 +321,13 @@ class DockerBackend(BottleBackend):
     def _wait_healthy(self, container: str, stopping: threading.Event) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while not stopping.is_set():
+            if self.podman:
+                # Podman runs health checks from systemd timers; without systemd they never
+                # run, so run one now (its result lands in .State.Health like Docker's).
+                self.docker.run(["healthcheck", "run", container], check=False, timeout=30)
             state = json.loads(self.docker.output(["inspect", "--format", "{{json .State}}", container]))
             status = state.get("Status")
-            health = (state.get("Health") or {}).get("Status")
+            health = (state.get("Health") or {}).get("Status") or None
             if status in ("exited", "dead", "removing") or health == "unhealthy":
                 raise StartError(
                     f"the scanner container {container} is {health or status} (exit code {state.get('ExitCode')})\n"
@@ -304,6 +360,26 @@ class DockerBackend(BottleBackend):
             raise StartError(
                 f"the egress proxy {container} did not start serving: {detail}\n" + self._logs_excerpt(container)
             )
+
+    def _check_reach(self, proxy: str, agent_ip: str, network: str) -> None:
+        result = self.docker.run(
+            ["exec", proxy, "/opt/bottle-proxy/bin/python", "-c", REACH_SCRIPT, agent_ip, f"{REACH_TIMEOUT:g}"],
+            check=False,
+            timeout=REACH_TIMEOUT + 30,
+        )
+        if result.returncode == 0:
+            return
+        detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        if self.podman:
+            tip = ("if Docker runs on this host too, its iptables FORWARD policy DROP also drops traffic on "
+                   "Podman's bridges; allow bridged traffic on them in Docker's DOCKER-USER chain: "
+                   "iptables -I DOCKER-USER -i podman+ -o podman+ -m physdev --physdev-is-bridged -j ACCEPT")
+        else:
+            tip = "a host firewall (e.g. firewalld) may drop traffic on Docker's internal bridges"
+        raise StartError(
+            f"the proxy cannot reach the agent on the network {network}: {detail[0]}",
+            tip=tip,
+        )
 
     def _install_ca(self, container: str, cert_pem: bytes) -> None:
         result = self.docker.run(
@@ -362,17 +438,10 @@ class DockerBackend(BottleBackend):
     # -- cleanup ------------------------------------------------------------------
 
     def cleanup(self, *, remove_running: bool, dry_run: bool, echo: Callable[[str], None]) -> int:
-        label = f"label={dp.MANAGED_LABEL}=true"
-        fmt = "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Names}}"
-        containers = self.docker.output(["ps", "--all", "--filter", label, "--format", fmt])
-        volumes = self.docker.output(["volume", "ls", "--filter", label, "--format",
-                                      "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Name}}"])
-        networks = self.docker.output(["network", "ls", "--filter", label, "--format",
-                                       "{{.Label \"" + dp.BOTTLE_LABEL + "\"}}\t{{.Label \"" + dp.OWNER_LABEL + "\"}}\t{{.Name}}"])
         removed = 0
-        for kind, listing in (("container", containers), ("volume", volumes), ("network", networks)):
-            for line in filter(None, listing.splitlines()):
-                bottle_id, owner, name = (line.split("\t") + ["", "", ""])[:3]
+        for kind in ("container", "volume", "network"):
+            for name, labels in self._managed(kind):
+                bottle_id, owner = labels.get(dp.BOTTLE_LABEL, ""), labels.get(dp.OWNER_LABEL, "")
                 if not remove_running and _owner_alive(owner):
                     echo(f"skipping {kind} {name}: its bottle {bottle_id} is still running ({owner}); use --all")
                     continue
@@ -383,6 +452,23 @@ class DockerBackend(BottleBackend):
         if removed == 0:
             echo("nothing to clean up")
         return removed
+
+    def _managed(self, kind: str) -> list[tuple[str, dict[str, str]]]:
+        """(name, labels) of every `kind` bottle made. Names are listed and labels read
+        with `inspect`, whose templates Docker and Podman share (their `ls` ones differ)."""
+        listing, inspect, labels = {
+            "container": (["ps", "--all", "--format", "{{.Names}}"], ["inspect", "--type", "container"],
+                          "{{json .Config.Labels}}"),
+            "volume": (["volume", "ls", "--format", "{{.Name}}"], ["volume", "inspect"], "{{json .Labels}}"),
+            "network": (["network", "ls", "--format", "{{.Name}}"], ["network", "inspect"], "{{json .Labels}}"),
+        }[kind]
+        names = self.docker.output([*listing, "--filter", f"label={dp.MANAGED_LABEL}=true"]).split()
+        found = []
+        for name in names:
+            result = self.docker.run([*inspect, "--format", labels, name], check=False)
+            if result.returncode == 0:  # else removed meanwhile
+                found.append((name, json.loads(result.stdout or b"null") or {}))
+        return found
 
 
 def _owner_alive(owner: str) -> bool:
@@ -454,3 +540,8 @@ class _Workers:
 
 def _line_for(text: str, name: str) -> str:
     return next((line for line in text.splitlines() if name in line), "")
+
+
+def _gone(line: str) -> bool:
+    line = line.lower()
+    return "no such" in line or "not found" in line

@@ -1,8 +1,9 @@
-"""`bottle build`: build bottle's images with BuildKit.
+"""`bottle build`: build bottle's images with BuildKit, or with Buildah on Podman.
 
-BuildKit is needed for the build-time CA secret. Clients differ: a current `docker`
-needs the buildx plugin, while clients before 23.0 have BuildKit built in behind
-`DOCKER_BUILDKIT=1`. We check which one we have instead of assuming.
+Both take the build-time CA as a secret (`RUN --mount=type=secret`), which is never
+stored in an image. Docker clients differ: a current `docker` needs the buildx plugin,
+while clients before 23.0 have BuildKit built in behind `DOCKER_BUILDKIT=1`. We check
+which one we have instead of assuming. `podman build` is Buildah.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import bottle
 from bottle.backend.docker.cli import DockerCLI
+from bottle.backend.docker.engine import DOCKER, Engine
 from bottle.errors import BackendError, BottleError
 from bottle.manifest import DEFAULT_AGENT_IMAGE, DEFAULT_PIPELOCK_IMAGE
 from bottle.pipelock_source import (
@@ -103,6 +105,24 @@ def buildkit_command(docker: DockerCLI) -> tuple[list[str], dict[str, str]]:
     )
 
 
+def check_request(only: str | None, pipelock_source: PipelockSource | None) -> None:
+    if only == "pipelock" and pipelock_source is None:
+        raise BottleError(
+            "--only pipelock builds pipelock from source and needs --pipelock-source ARCHIVE_OR_DIR",
+            tip=f"where the registry answers, `docker pull {PIPELOCK_IMAGE}` is all you need",
+        )
+
+
+def build_command(docker: DockerCLI, engine: Engine = DOCKER) -> tuple[list[str], dict[str, str]]:
+    """The build argv prefix and extra environment for this engine."""
+    if engine.name == "podman":
+        # Buildah writes OCI images by default, and the OCI format has no HEALTHCHECK:
+        # the docker format keeps pipelock's, which bottle start waits on.
+        return ["build", "--format", "docker"], {}
+    prefix, extra_env = buildkit_command(docker)
+    return [*prefix, "--progress=plain"], extra_env
+
+
 def build_images(
     base_images: Mapping[str, str],
     *,
@@ -110,18 +130,15 @@ def build_images(
     only: str | None = None,
     no_cache: bool = False,
     docker: DockerCLI | None = None,
+    engine: Engine = DOCKER,
     pipelock_source: PipelockSource | None = None,
     env: Mapping[str, str] | None = None,
     proxy_tag: str = PROXY_IMAGE,
 ) -> None:
     env = os.environ if env is None else env
-    if only == "pipelock" and pipelock_source is None:
-        raise BottleError(
-            "--only pipelock builds pipelock from source and needs --pipelock-source ARCHIVE_OR_DIR",
-            tip=f"where the registry answers, `docker pull {PIPELOCK_IMAGE}` is all you need",
-        )
+    check_request(only, pipelock_source)
     docker = docker or DockerCLI()
-    prefix, extra_env = buildkit_command(docker)
+    prefix, extra_env = build_command(docker, engine)
     with build_context() as root:
         _build(docker, root, prefix, extra_env, base_images, ca_cert=ca_cert, only=only, no_cache=no_cache,
                tags={"proxy": proxy_tag})
@@ -138,7 +155,7 @@ def _build_pipelock(docker, root, prefix, extra_env, binary: Path, source: Pipel
         (context / "ca-certificates.crt").write_bytes(bundle)
         # OCI annotations (not bottle's own dev.bottle.* labels, which containers inherit).
         origin = f"source archive sha256 {source.sha256}" if source.sha256 else f"unverified directory {source.path}"
-        argv = [*prefix, "--progress=plain", "--file", str(root / "Dockerfile.pipelock"), "--tag", PIPELOCK_IMAGE,
+        argv = [*prefix, "--file", str(root / "Dockerfile.pipelock"), "--tag", PIPELOCK_IMAGE,
                 "--label", f"org.opencontainers.image.version={PIPELOCK_VERSION}",
                 "--label", f"org.opencontainers.image.revision={PIPELOCK_COMMIT}",
                 "--label", f"org.opencontainers.image.description=pipelock built by bottle build from {origin}"]
@@ -152,7 +169,7 @@ def _build(docker, root, prefix, extra_env, base_images, *, ca_cert, only, no_ca
         if only and name != only:
             continue
         tag = tags.get(name, tag)
-        argv = [*prefix, "--progress=plain", "--file", str(root / dockerfile), "--tag", tag,
+        argv = [*prefix, "--file", str(root / dockerfile), "--tag", tag,
                 "--build-arg", f"BASE_IMAGE={base_images.get(kind, default_base)}"]
         if ca_cert:
             argv += ["--secret", f"id=build_ca,src={ca_cert.resolve()}"]

@@ -1,10 +1,9 @@
-"""The only module that runs the `docker` command.
+"""The only module that runs the engine's command (`docker` or `podman`).
 
 Every call is an argv list (no shell). A failure raises BackendError showing the
-command, its exit code and its stderr, so a user sees exactly what Docker said.
-The client is `$BOTTLE_DOCKER` when set, else `docker` on PATH; driving the CLI rather
-than the Docker API keeps the user's contexts, rootless setups and Podman working
-(docs/prds/0002-docker-cli.md).
+command, its exit code and its stderr, so a user sees exactly what the engine said.
+Which client runs is decided in engine.py; driving the CLI rather than an API keeps the
+user's contexts and sockets working (docs/prds/0002-docker-cli.md).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ class DockerCLI:
         resolved = shutil.which(chosen)
         if resolved is None:
             raise BackendError(
-                f"the Docker client {chosen!r} was not found",
-                tip="install Docker, or set BOTTLE_DOCKER to the path of a docker-compatible client",
+                f"the engine client {chosen!r} was not found",
+                tip="install Docker or Podman, or set BOTTLE_DOCKER to the path of a docker-compatible client",
             )
         self.executable = resolved
 

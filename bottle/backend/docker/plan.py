@@ -1,10 +1,14 @@
 """The Docker plan: exactly which networks, volumes and containers a bottle is made of.
 
-`docker_plan(plan)` is pure. `create_argv()` turns a container spec into the `docker
-create` arguments; the launcher runs those very arguments and the dry-run prints them,
-so what the dry-run shows is what `bottle start` creates. Values only known at launch
-(the proxy's address, the placeholders) appear as `<...>` markers that the launcher
-substitutes.
+`docker_plan(plan, engine)` is pure. `create_argv()` turns a container spec into the
+`docker create` arguments (`network_create_argv()` likewise for a network); the launcher
+runs those very arguments and the dry-run prints them, so what the dry-run shows is what
+`bottle start` creates. Values only known at launch (the proxy's address, the
+placeholders) appear as `<...>` markers that the launcher substitutes.
+
+The engine is Docker or Podman. Both take these commands, but each expresses the
+isolation with its own options (docs/prds/0007-podman.md); `ENGINE_OPTIONS` holds the
+difference, so every other line of the plan is the same for both.
 """
 
 from __future__ import annotations
@@ -42,13 +46,15 @@ def placeholder_marker(token_ref: str) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NetworkSpec:
-    """A Docker network. `internal` networks have no route out and no gateway address."""
+    """A network. `internal` networks have no route out and no gateway address; `dns`
+    False means the engine runs no name server on it (Podman: `--disable-dns`)."""
 
     role: str
     name: str
     internal: bool
     create: bool
     options: tuple[tuple[str, str], ...] = ()
+    dns: bool = True
     labels: tuple[tuple[str, str], ...] = ()
 
 
@@ -105,6 +111,9 @@ class ContainerSpec:
     entrypoint: str | None = None
     workdir: str | None = None
     read_only: bool = False
+    # Podman mounts tmpfs on /tmp, /var/tmp and /run of a read-only container unless told
+    # not to; False asks for Docker's behaviour (nothing writable but the mounts planned).
+    read_only_tmpfs: bool | None = None
     init: bool = False
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges",)
@@ -125,6 +134,7 @@ class DockerBottlePlan:
     networks: tuple[NetworkSpec, ...]
     volumes: tuple[VolumeSpec, ...]
     containers: tuple[ContainerSpec, ...]
+    engine: str = "docker"
 
     def container(self, role: str) -> ContainerSpec:
         return next(c for c in self.containers if c.role == role)
@@ -160,13 +170,63 @@ def labels_for(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _EngineOptions:
+    """What differs between engines: how each gives the agent and scanner networks no
+    route out, no address on the host, no IPv6 and no name server but the proxy
+    (docs/prds/0003, 0007), and how each takes a read-only root and a tmpfs."""
+
+    network_options: tuple[tuple[str, str], ...]
+    network_dns: bool
+    # Sysctls for the containers on an internal network (agent, pipelock).
+    no_ipv6: tuple[tuple[str, str], ...]
+    read_only_tmpfs: bool | None
+    run_dir_options: tuple[tuple[str, str], ...]
+    tmp_options: tuple[tuple[str, str], ...]
+
+
+_TMPFS = (("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"))
+ENGINE_OPTIONS = {
+    # Docker: an internal bridge without an address on the host (inhibit_ipv4); Docker
+    # itself turns IPv6 off in a container whose networks have none, and its embedded
+    # resolver answers container names only.
+    "docker": _EngineOptions(
+        network_options=(("com.docker.network.bridge.inhibit_ipv4", "true"),),
+        network_dns=True,
+        no_ipv6=(),
+        read_only_tmpfs=None,
+        run_dir_options=(*_TMPFS, ("uid", "10001"), ("gid", "10001"), ("mode", "0700")),
+        tmp_options=_TMPFS,
+    ),
+    # Podman (netavark): an internal network gets a gateway address on the host bridge
+    # only to serve aardvark-dns, so without DNS the bridge has no IPv4 address at all.
+    # Its containers keep IPv6 link-local addresses, and the host bridge has one too, so
+    # the host would be reachable over IPv6: turn IPv6 off in those containers (`default`
+    # too, for interfaces connected later). tmpfs takes `U` (owned by the container's
+    # user) instead of uid=/gid=, and `notmpcopyup` keeps it empty as on Docker.
+    "podman": _EngineOptions(
+        network_options=(),
+        network_dns=False,
+        no_ipv6=(("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")),
+        read_only_tmpfs=False,
+        run_dir_options=(*_TMPFS, ("mode", "0700"), ("notmpcopyup", ""), ("U", "")),
+        tmp_options=(*_TMPFS, ("notmpcopyup", "")),
+    ),
+}
+
+
+def docker_plan(plan: BottlePlan, engine: str = "docker") -> DockerBottlePlan:
     bid = plan.bottle_id
-    isolated = (("com.docker.network.bridge.inhibit_ipv4", "true"),)
+    opts = ENGINE_OPTIONS[engine]
+    # Without a name server on the internal networks, nothing is found by alias there:
+    # the proxy reaches pipelock by its address (the launcher looks it up).
+    aliases = opts.network_dns
     agent_net = NetworkSpec(role="agent", name=f"{bid}-agent", internal=True, create=True,
-                            options=isolated, labels=labels_for(plan, "network-agent"))
+                            options=opts.network_options, dns=opts.network_dns,
+                            labels=labels_for(plan, "network-agent"))
     scanner_net = NetworkSpec(role="scanner", name=f"{bid}-scanner", internal=True, create=True,
-                              options=isolated, labels=labels_for(plan, "network-scanner"))
+                              options=opts.network_options, dns=opts.network_dns,
+                              labels=labels_for(plan, "network-scanner"))
     if plan.docker.egress_network:
         egress_net = NetworkSpec(role="egress", name=plan.docker.egress_network, internal=False, create=False)
     else:
@@ -180,7 +240,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         image=plan.scanner.image,
         network=scanner_net.name,
         extra_networks=(),
-        alias=PIPELOCK_ALIAS,
+        alias=PIPELOCK_ALIAS if aliases else None,
         user=PIPELOCK_UID,
         env=(),
         # `docker cp` cannot write into a read-only mount, so the volume is mounted
@@ -188,6 +248,8 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         mounts=(Mount(type="volume", source=config_volume.name, target=PIPELOCK_CONFIG_DIR),),
         command=("run", "--config", PIPELOCK_CONFIG_FILE),
         read_only=True,
+        read_only_tmpfs=opts.read_only_tmpfs,
+        sysctls=opts.no_ipv6,
         cpus=1.0,
         memory="512m",
         pids=256,
@@ -201,19 +263,18 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         name=f"{bid}-proxy",
         image=plan.proxy_image,
         network=egress_net.name,
-        extra_networks=((agent_net.name, PROXY_ALIAS), (scanner_net.name, None)),
+        extra_networks=((agent_net.name, PROXY_ALIAS if aliases else None), (scanner_net.name, None)),
         alias=None,
         user=PROXY_UID,
         # Real credentials live only here, passed by name from bottle's environment.
         env=tuple(EnvVar(name=ref, value=None) for ref in plan.egress.token_refs),
         mounts=(
-            Mount(type="tmpfs", target=RUN_DIR,
-                  options=(("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"),
-                           ("uid", "10001"), ("gid", "10001"), ("mode", "0700"))),
-            Mount(type="tmpfs", target="/tmp", options=(("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"))),
+            Mount(type="tmpfs", target=RUN_DIR, options=opts.run_dir_options),
+            Mount(type="tmpfs", target="/tmp", options=opts.tmp_options),
         ),
         command=(),
         read_only=True,
+        read_only_tmpfs=opts.read_only_tmpfs,
         # A dual-homed proxy must never route packets between its networks, and it binds
         # the DNS responder on port 53 without any capability.
         sysctls=(
@@ -264,6 +325,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         command=("infinity",),
         workdir=agent.workdir,
         init=True,
+        sysctls=opts.no_ipv6,
         dns=(PROXY_IP,),
         cpus=agent.resources.cpus,
         memory=agent.resources.memory,
@@ -275,6 +337,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         networks=(agent_net, scanner_net, egress_net),
         volumes=(config_volume,),
         containers=(pipelock, proxy, agent_container),
+        engine=engine,
     )
 
 
@@ -282,6 +345,8 @@ def network_create_argv(network: NetworkSpec) -> list[str]:
     argv = ["network", "create", "--driver", "bridge"]
     if network.internal:
         argv.append("--internal")
+    if not network.dns:
+        argv.append("--disable-dns")
     for key, value in network.options:
         argv += ["--opt", f"{key}={value}"]
     for key, value in network.labels:
@@ -307,6 +372,8 @@ def create_argv(container: ContainerSpec) -> list[str]:
         argv += ["--security-opt", opt]
     if container.read_only:
         argv.append("--read-only")
+    if container.read_only_tmpfs is not None:
+        argv.append(f"--read-only-tmpfs={str(container.read_only_tmpfs).lower()}")
     if container.init:
         argv.append("--init")
     for key, value in container.sysctls:
@@ -360,6 +427,7 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
             "id": plan.bottle_id,
             "manifest": plan.manifest,
             "backend": "docker",
+            "engine": dplan.engine,
         },
         "agent": {
             "image": plan.agent.image,
@@ -392,7 +460,9 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
                 "internal": n.internal,
                 "created": n.create,
                 "options": dict(n.options),
+                "dns": n.dns,
                 "labels": dict(n.labels),
+                "create_argv": [dplan.engine, *network_create_argv(n)] if n.create else None,
             }
             for n in dplan.networks
         ],
@@ -416,8 +486,8 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
                 ],
                 "env": {v.name: v.shown() for v in c.env},
                 "labels": dict(c.labels),
-                "create_argv": ["docker", *create_argv(c)],
-                "connect_argv": [["docker", *argv] for argv in connect_argv(c)],
+                "create_argv": [dplan.engine, *create_argv(c)],
+                "connect_argv": [[dplan.engine, *argv] for argv in connect_argv(c)],
             }
             for c in dplan.containers
         ],
