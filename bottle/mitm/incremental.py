@@ -17,10 +17,10 @@ therefore scanned as units:
   before the end are the same as last turn's and are known clean; the request head (its
   Content-Length changes every turn) is scanned with the start of the body.
 
-Each text's verdict is its own (URLs included: a repeated request asks pipelock nothing);
-a text found clean is remembered by a digest (never the text) in an LRU bounded by MAX_ENTRIES, keyed by the scanner configuration, so a reload
+Each text's verdict is its own; a text found clean is remembered by a digest (never the text) in an LRU bounded by MAX_ENTRIES, keyed by the scanner configuration, so a reload
 with another configuration starts empty. Nothing found is ever cached: a text that
-carries a finding is scanned, and refused, every time. Bodies below INCREMENTAL_BYTES and
+carries a finding is scanned, and refused, every time. The URL is scanned on every request,
+which also proves the scanner alive: a dead scanner blocks even a request seen before. Bodies below INCREMENTAL_BYTES and
 other content types are scanned whole, as before.
 """
 
@@ -143,8 +143,9 @@ async def scan_texts(scanner, cache: CleanCache | None, kind: str, texts: list[s
 
 async def scan_request(scanner, cache: CleanCache | None, url: str, texts: list[str]) -> ScanResult:
     """The url scan and the dlp scan of every text, concurrently; any deny denies."""
-    url_result, text_result = await asyncio.gather(scan_texts(scanner, cache, "url", [url]),
-                                                   scan_texts(scanner, cache, "dlp", texts))
+    # The URL is always asked: it is small, and it proves the scanner alive, so a dead
+    # scanner blocks every request, seen before or not (fail closed).
+    url_result, text_result = await asyncio.gather(scanner.scan_url(url), scan_texts(scanner, cache, "dlp", texts))
     merged = merge_results([url_result, text_result])
     if url_result.decision == "deny":
         merged = ScanResult(merged.decision, merged.findings, url_denied=True)
