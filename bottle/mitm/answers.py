@@ -110,12 +110,17 @@ class AnswerScan:
 
     async def _work(self) -> None:
         while (text := await self.queue.get()) is not None:
-            scanner = self.runtime.scanner
+            scanner, cache = self.runtime.scanner, self.runtime.scan_cache
+            key = cache.key("prompt_injection", text) if cache is not None else None
+            if key is not None and cache.is_clean(key):  # the same answer text, found clean before
+                continue
             try:
                 result = await scanner.scan_content(text)
             except ScannerUnavailable as e:
                 self.error = f"scanner unavailable: {e.reason}"
                 continue
+            if result.decision != "deny" and key is not None:
+                cache.add(key)
             if result.decision == "deny":
                 self.findings += [rule for rule, _ in result.findings if rule not in self.findings]
                 self.reasons += [r for rule, msg in result.findings if (r := f"{rule}: {msg}") not in self.reasons]

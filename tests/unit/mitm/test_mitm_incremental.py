@@ -136,5 +136,5 @@ def test_a_repeated_request_asks_pipelock_only_for_the_url_the_second_time():
     for _ in range(2):
         f = run(chain, make_flow(method="GET", url="https://raw.githubusercontent.com/a/b", headers=[("accept", "*/*")]))
         assert f.response.status_code == 200
-    assert (len(fake.urls), len(fake.texts)) == (2, 1)  # the URL scan proves the scanner alive
-    assert chain.runtime.scan_cache.hits == 1
+    assert (len(fake.urls), len(fake.texts), len(fake.contents)) == (2, 1, 1)  # the URL scan proves it alive
+    assert chain.runtime.scan_cache.hits == 2  # the request's text and the answer's
