@@ -111,7 +111,6 @@ class Launcher:
 
     async def run(self) -> int:
         from mitmproxy import options
-        from mitmproxy.tools.dump import DumpMaster
 
         from bottle.mitm.addons import make_addons
         from bottle.mitm.scanner import probe_scanner
@@ -127,7 +126,7 @@ class Launcher:
             loop.runtime = self.runtime
 
         opts = options.Options()
-        self.master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        self.master = make_master(opts)
         # stdout carries only JSON log lines; mitmproxy's own messages are diagnostics.
         if self.master._termlog_addon is not None:
             self.master._termlog_addon.logger.file = sys.stderr
@@ -140,15 +139,12 @@ class Launcher:
             upstream_cert=False,
             rawtcp=False,
             http3=False,
-            onboarding=False,
             termlog_verbosity="warn",
             store_streamed_bodies=False,
             ssl_verify_upstream_trusted_ca=str(self.trust_path),
             # Bounds only request bodies bottle buffers to scan (bottle.mitm.patches).
             body_size_limit=str(self.policy.scanner.max_body_bytes),
         )
-        if "flow_detail" in opts:  # only exists with the dumper, which we leave out
-            opts.update(flow_detail=0)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.master.shutdown)
         loop.add_signal_handler(signal.SIGINT, self.master.shutdown)
@@ -214,6 +210,26 @@ class Launcher:
         return 1
 
 
+def make_master(opts: Any) -> Any:
+    """mitmproxy with only the addons bottle's proxy needs, before bottle's own.
+
+    mitmdump loads some thirty addons (playback, map/modify rules, cookies, scripts, export,
+    the onboarding app, …) and calls every one of them for every event of every flow;
+    none of them is used here, each is one more thing that could act on traffic, and
+    dispatching to them is most of mitmproxy's per-request cost. What remains: options and
+    commands (Core), listeners and connections (Proxyserver), choosing each connection's
+    layers (NextLayer), certificates (TlsConfig), refusing h2c upgrades that would smuggle
+    requests past the HTTP/2 layer (DisableH2C), and failing the start on errors (ErrorCheck).
+    """
+    from mitmproxy import master
+    from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+
+    m = master.Master(opts, with_termlog=True)
+    m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                 disable_h2c.DisableH2C(), errorcheck.ErrorCheck())
+    return m
+
+
 class _StatusOnRunning:
     """mitmproxy calls `running` once its listeners are bound."""
 
@@ -233,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = Launcher(args.policy, args.confdir)
     # Importing mitmproxy takes most of a second; do it while the host is still
     # delivering the policy and CA, not after.
-    import mitmproxy.tools.dump  # noqa: F401
+    import mitmproxy.master  # noqa: F401
 
     import bottle.mitm.addons  # noqa: F401
     from bottle.mitm import patches
