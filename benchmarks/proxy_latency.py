@@ -180,6 +180,37 @@ def run_concurrent(make_client, method: str, n: int, concurrency: int, warmup: i
             "p99_ms": percentile(lat, 99) * 1e3, "rps": total / wall}
 
 
+RSS_RATIO = 1.1  # the proxy's RSS after 10,000 requests <= 1.1 x after the first 1,000
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+
+
+def measure_rss(make_client, pid: int, total: int) -> dict:
+    """The launcher's resident memory after the first 1,000 keep-alive requests and after
+    `total` (new connections every 100 requests, GETs and POSTs alternating)."""
+    out: dict = {}
+    done = 0
+    while done < total:
+        client = make_client()
+        try:
+            for i in range(100):
+                client.request("GET" if i % 2 else "POST")
+        finally:
+            client.close()
+        done += 100
+        if done == 1000:
+            out["after_1000_kb"] = _rss_kb(pid)
+    out["after_total_kb"], out["total"] = _rss_kb(pid), total
+    out["ratio"] = out["after_total_kb"] / out["after_1000_kb"]
+    out["pass"] = out["ratio"] <= RSS_RATIO
+    print(f"  bottle    RSS after 1,000 requests {out['after_1000_kb'] / 1024:.1f} MiB, after {total:,} "
+          f"{out['after_total_kb'] / 1024:.1f} MiB ({out['ratio']:.2f}x)", file=sys.stderr, flush=True)
+    return out
+
+
 def start_mitmdump(binary: str, tmp: Path, bottle_ca_confdir: Path, upstream_ca: Path) -> tuple[subprocess.Popen, int]:
     from tests.support.loopback import free_port, wait_port
 
@@ -233,6 +264,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/proxy_latency.json")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs) for inspection")
+    parser.add_argument("--rss-requests", type=int, default=10_000, help="requests for the memory figure")
     args = parser.parse_args()
     if not 1 <= args.requests <= 100_000 or not 1 <= args.concurrency <= 64:
         parser.error("--requests must be 1..100000 and --concurrency 1..64")
@@ -266,6 +298,7 @@ def main() -> int:
         results: dict = {"paths": {}, "added": {}}
         for label, make in paths.items():
             results["paths"][label] = measure(label, make, args)
+        results["rss"] = measure_rss(paths["bottle"], lb.procs["launcher"].pid, args.rss_requests)
     except Exception as e:
         print(f"proxy_latency: error: {e}", file=sys.stderr)
         for name in ("proxy.err", "mitmdump.log", "pipelock.log"):
@@ -311,6 +344,10 @@ def main() -> int:
     print()
     print(table(results, args.concurrency))
     print()
+    rss = results["rss"]
+    print(f"memory: RSS {rss['after_1000_kb'] / 1024:.1f} MiB after 1,000 requests, "
+          f"{rss['after_total_kb'] / 1024:.1f} MiB after {rss['total']:,}: {rss['ratio']:.2f}x "
+          f"(<= {RSS_RATIO}): {'PASS' if rss['pass'] else 'FAIL'}")
     print(f"new connection per GET: added p50 mitmdump {new_added['mitmdump']:.2f} ms, "
           f"bottle {new_added['bottle']:.2f} ms")
     for m, v in verdicts.items():
