@@ -135,7 +135,10 @@ class Launcher:
         opts.update(
             mode=[f"regular@{listen.host}:{listen.port}"],
             confdir=str(self.confdir),
-            connection_strategy="lazy",
+            # The upstream connection (TCP and TLS, no request byte) is made as soon as the
+            # tunnel is allowed, so it overlaps the agent's TLS handshake and pipelock's scan
+            # instead of following them; a request goes upstream only after its verdict.
+            connection_strategy="eager",
             upstream_cert=False,
             rawtcp=False,
             http3=False,
