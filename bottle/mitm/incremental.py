@@ -31,6 +31,7 @@ import hashlib
 import json
 import re
 from collections import OrderedDict
+from json.decoder import scanstring
 
 from bottle.mitm.scanner import ALLOW, ScanResult, merge_results
 
@@ -40,7 +41,7 @@ SEAM = 256  # longer than any pattern pipelock matches whole (keys, tokens, thei
 CHUNK = 4096
 MAX_ENTRIES = 200_000  # ~24 MiB of digests at most
 CONCURRENCY = 8
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 
 class CleanCache:
@@ -84,19 +85,18 @@ def split_json_body(head: str, raw: str) -> list[str] | None:
     last = 0
     previous: tuple[str, bool] | None = None  # the previous decoded string, and whether it is a unit
     for match in _STRING.finditer(raw):
-        token = match.group()
+        start, end = match.span()
         try:
-            value = json.loads(token)
-        except json.JSONDecodeError:
+            value, _ = scanstring(raw, start + 1)  # json's own (C) string decoder
+        except (json.JSONDecodeError, ValueError):
             return None
-        is_unit = len(token) >= UNIT_BYTES
+        is_unit = end - start >= UNIT_BYTES
         if previous is not None and (is_unit or previous[1]):
             seams.append(previous[0][-SEAM:] + "\n" + value[:SEAM])
         previous = (value, is_unit)
         if not is_unit:
             short.append(value)
             continue
-        start, end = match.span()
         pieces.append(raw[last:start] + '""')
         last = end
         units.append(value)

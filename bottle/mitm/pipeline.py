@@ -114,7 +114,8 @@ class RequestPipeline:
                                 r.policy.scanner.max_body_bytes)
         except UnscannableBody as e:
             return refuse(flow, decide.block(e.status, e.reason, st.rule), "text")
-        if (refusal := self._judge(r, credentials.check_placeholders_in(r.policy, st.route, texts))) is not None:
+        if (refusal := self._judge(r, credentials.check_placeholders_in(r.policy, st.route,
+                                                                         ["\n".join(texts)]))) is not None:
             return refuse(flow, *refusal)
         if (refusal := await self._scan(r, texts, self._trailers(r))) is not None:
             return refuse(flow, *refusal)
