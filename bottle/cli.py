@@ -10,11 +10,38 @@ from pathlib import Path
 import click
 
 from bottle import __version__
+from bottle.backend import BACKENDS
+from bottle.errors import BottleError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _Commands(click.Group):
+    """Shows a BottleError like any click error: `Error: <message>`, its own exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BottleError as e:
+            error = click.ClickException(e.message)
+            error.exit_code = e.exit_code
+            raise error from None
+
+
+def _backend(flag: str | None, manifest_choice: str | None):
+    """The one place that picks the backend: --backend, else the manifest's `backend`, else docker."""
+    name = flag or manifest_choice or "docker"
+    from bottle.backend.docker.backend import DockerBackend
+
+    return {"docker": DockerBackend.from_environment}[name]()
+
+
+def _backend_options(command):
+    return click.option("--backend", type=click.Choice(BACKENDS),
+                        help="Where bottles run (default: the manifest's `backend`, else docker).")(command)
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="bottle")
 def cli() -> None:
     """Run an autonomous coding agent in a bottle.
@@ -65,7 +92,9 @@ def schema() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the proxy's JSON request log here (default: under $XDG_STATE_HOME/bottle/logs).",
 )
-def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None) -> None:
+@_backend_options
+def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
+          backend: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
     Put a command after `--` to run it instead of the manifest's agent.command:
@@ -74,29 +103,25 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
     The agent's exit code becomes bottle's.
     """
-    from bottle.backend.docker.plan import docker_plan
     from bottle.manifest import load_manifest
     from bottle.plan import build_plan, new_run_id, proxy_image
 
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
                       proxy_image=proxy_image(os.environ))
-    dplan = docker_plan(plan)
+    chosen = _backend(backend, loaded.data.get("backend"))
+    backend_plan = chosen.plan(plan)
     if dry_run:
         if output_format == "json":
-            click.echo(json.dumps(dplan.to_dict(), indent=2))
+            click.echo(json.dumps(backend_plan.to_dict(), indent=2))
         else:
-            from bottle.preflight import render_preflight
-
-            click.echo(render_preflight(dplan), nl=False)
+            click.echo(backend_plan.render_text(), nl=False)
         return
     if output_format != "text":
         raise click.UsageError("--format applies to --dry-run only")
-    from bottle.backend.docker.backend import DockerBackend
     from bottle.run import run_bottle
 
-    exit_code = run_bottle(dplan, DockerBackend.from_environment(), egress_log=egress_log)
-    sys.exit(exit_code)
+    sys.exit(run_bottle(backend_plan, chosen, egress_log=egress_log))
 
 
 @cli.command()
@@ -155,11 +180,10 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
 @cli.command()
 @click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def cleanup(remove_all: bool, dry_run: bool) -> None:
+@_backend_options
+def cleanup(remove_all: bool, dry_run: bool, backend: str | None) -> None:
     """Remove containers, volumes and networks that a killed `bottle start` left behind."""
-    from bottle.backend.docker.backend import DockerBackend
-
-    DockerBackend.from_environment().cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+    _backend(backend, None).cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
 
 
 @cli.command()

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bottle import schema
+from bottle.backend import BACKENDS
 from bottle.errors import ManifestError
 from bottle.mitm import policy as contract
 from bottle.mitm.policy import ENV_NAME_PATTERN, HTTP_METHODS, host_matches, is_ip_literal
@@ -307,6 +308,8 @@ MANIFEST_SCHEMA = Obj(
         ),
         "git": Field(GIT),
         "github": Field(GITHUB),
+        "backend": Field(Str(choices=BACKENDS, description="Where the bottle runs (default docker); "
+                             "`bottle start --backend` overrides it.")),
         "docker": Field(
             Obj(
                 description="Settings for the Docker backend.",

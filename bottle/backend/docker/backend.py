@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -16,14 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from bottle.backend.base import BottleBackend, RunningBottle
+from bottle.backend.base import BottleBackend, RunningBottle, owner_alive, owner_label
 from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
 from bottle.launch.secrets import LaunchSecrets
-from bottle.plan import PROXY_PORT, SCANNER_PORT
+from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
 
 KEEP_ENV = "BOTTLE_KEEP"
@@ -71,18 +70,26 @@ def _tar(files: Mapping[str, bytes], *, mode: int = 0o400, uid: int = 0, gid: in
     return buffer.getvalue()
 
 
-def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class DockerBackend(BottleBackend):
-    def __init__(self, docker: DockerCLI, *, env: Mapping[str, str] | None = None) -> None:
-        self.docker = docker
+    name = "docker"
+
+    def __init__(self, docker: DockerCLI | None = None, *, env: Mapping[str, str] | None = None) -> None:
+        self._docker = docker
         self.env = os.environ if env is None else env
 
     @classmethod
     def from_environment(cls) -> DockerBackend:
-        return cls(DockerCLI())
+        return cls()
+
+    @property
+    def docker(self) -> DockerCLI:
+        # Found on first use, so a dry-run works where no docker client is installed.
+        if self._docker is None:
+            self._docker = DockerCLI(env=self.env)
+        return self._docker
+
+    def plan(self, bottle: BottlePlan) -> dp.DockerBottlePlan:
+        return dp.docker_plan(bottle)
 
     # -- launch -------------------------------------------------------------------
 
@@ -373,7 +380,7 @@ class DockerBackend(BottleBackend):
         for kind, listing in (("container", containers), ("volume", volumes), ("network", networks)):
             for line in filter(None, listing.splitlines()):
                 bottle_id, owner, name = (line.split("\t") + ["", "", ""])[:3]
-                if not remove_running and _owner_alive(owner):
+                if not remove_running and owner_alive(owner):
                     echo(f"skipping {kind} {name}: its bottle {bottle_id} is still running ({owner}); use --all")
                     continue
                 echo(f"{'would remove' if dry_run else 'removing'} {kind} {name}")
@@ -383,19 +390,6 @@ class DockerBackend(BottleBackend):
         if removed == 0:
             echo("nothing to clean up")
         return removed
-
-
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _substitute(value: str, substitutions: Mapping[str, str]) -> str:

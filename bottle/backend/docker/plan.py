@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.mitm.policy import to_document
-from bottle.plan import PROXY_PORT, BottlePlan
+from bottle.backend.base import OWNER
+from bottle.plan import PROXY_PORT, BottlePlan, bottle_document
 
 LABEL_PREFIX = "dev.bottle"
 MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
@@ -22,7 +22,6 @@ ROLE_LABEL = f"{LABEL_PREFIX}.role"
 OWNER_LABEL = f"{LABEL_PREFIX}.owner"
 
 PROXY_IP = "<proxy-ip>"
-OWNER = "<host:pid>"
 
 PROXY_UID = "10001:10001"
 PIPELOCK_UID = "65534:65534"
@@ -140,6 +139,12 @@ class DockerBottlePlan:
         """The `bottle start --dry-run --format=json` document (see docs/dry-run-json.md)."""
         return plan_document(self)
 
+    def render_text(self) -> str:
+        """What `bottle start --dry-run` prints."""
+        from bottle.backend.docker.preflight import render_preflight
+
+        return render_preflight(self)
+
     @property
     def teardown(self) -> tuple[tuple[str, str], ...]:
         """What teardown removes, in order: containers (last started first), volumes, networks."""
@@ -148,6 +153,11 @@ class DockerBottlePlan:
             *(("volume", v.name) for v in self.volumes),
             *(("network", n.name) for n in reversed(self.networks) if n.create),
         )
+
+
+def docker_memory(value: str | int) -> str:
+    """The manifest's size as `docker create --memory` takes it."""
+    return str(value) if isinstance(value, int) else value.lower()
 
 
 def labels_for(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
@@ -266,7 +276,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         init=True,
         dns=(PROXY_IP,),
         cpus=agent.resources.cpus,
-        memory=agent.resources.memory,
+        memory=docker_memory(agent.resources.memory),
         pids=agent.resources.pids,
         labels=labels_for(plan, "agent"),
     )
@@ -344,47 +354,12 @@ def connect_argv(container: ContainerSpec) -> list[list[str]]:
     return out
 
 
-# 2: the proxy's role is `proxy` (was `mitmproxy`), its image bottle/proxy, and
-#    `egress.rules` is `egress.allow` (docs/dry-run-json.md).
-DRY_RUN_SCHEMA_VERSION = 2
-
-
 def plan_document(dplan: DockerBottlePlan) -> dict:
-    """The versioned dry-run JSON contract. Changing a field's meaning or removing one
-    needs a new `schema_version`; adding a field does not."""
+    """The versioned dry-run JSON contract (docs/dry-run-json.md): the bottle, then the
+    networks, volumes and containers Docker is asked for."""
     plan = dplan.bottle
     return {
-        "schema_version": DRY_RUN_SCHEMA_VERSION,
-        "bottle": {
-            "name": plan.name,
-            "id": plan.bottle_id,
-            "manifest": plan.manifest,
-            "backend": "docker",
-        },
-        "agent": {
-            "image": plan.agent.image,
-            "command": list(plan.agent.command),
-            "workdir": plan.agent.workdir,
-            "workspace": plan.agent.workspace,
-            "user": plan.agent.user,
-            "resources": {
-                "cpus": plan.agent.resources.cpus,
-                "memory": plan.agent.resources.memory,
-                "pids": plan.agent.resources.pids,
-            },
-        },
-        "egress": {
-            "mode": plan.egress.mode,
-            "mitm": {"enabled": True, "ca_fingerprint": None},
-            "allow": to_document(plan.egress.allow),
-            "routes": [{**to_document(r), "token_present": r.token_ref in plan.egress.present_token_refs}
-                       for r in plan.egress.routes],
-            "upstream_ca": plan.egress.upstream_ca,
-            "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
-        },
-        "git": to_document(plan.git),
-        "github": {"deny": to_document(plan.github_deny)} if plan.github_deny else None,
-        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode},
+        **bottle_document(plan, backend="docker", memory=docker_memory(plan.agent.resources.memory)),
         "networks": [
             {
                 "role": n.role,

@@ -1,18 +1,16 @@
-"""The human-readable preflight that `bottle start --dry-run` prints."""
+"""The human-readable preflight that `bottle start --dry-run` prints for Docker."""
 
 from __future__ import annotations
 
 import shlex
 
 from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv
-
-
-def _list(values: tuple[str, ...] | None, every: str) -> str:
-    return ", ".join(values) if values else every
+from bottle.backend.preflight import missing_credentials_lines, policy_lines, scanner_line
 
 
 def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
     plan = dplan.bottle
+    agent = dplan.container("agent")
     lines = [
         f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
         "",
@@ -22,45 +20,17 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
         f"  user      {plan.agent.user}, all capabilities dropped, no-new-privileges",
         f"  workdir   {plan.agent.workdir}"
         + (f"  (host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace else "  (no host directory mounted)"),
-        f"  limits    {plan.agent.resources.cpus:g} CPUs, {plan.agent.resources.memory} memory, "
+        f"  limits    {plan.agent.resources.cpus:g} CPUs, {agent.memory} memory, "
         f"{plan.agent.resources.pids} processes",
         "  network   internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name",
         "",
-        f"Egress ({plan.egress.mode}: "
-        + ("anything not allowed below is blocked)" if plan.egress.mode == "enforce"
-           else "nothing is blocked by these rules, what they would block is logged; secrets are still blocked)"),
-    ]
-    if not plan.egress.allow:
-        lines.append("  (no allow rules: every request is refused)")
-    for rule in plan.egress.allow:
-        extras = []
-        if rule.private_upstream:
-            extras.append("private upstream addresses allowed")
-        if not rule.scan_body:
-            extras.append("bodies not scanned")
-        lines.append(
-            f"  {rule.id:<16} {rule.host}  methods {_list(rule.methods, 'any')}; "
-            f"paths {_list(rule.paths, 'any')}; ports {', '.join(map(str, rule.ports))}"
-            + (f"  [{'; '.join(extras)}]" if extras else "")
-        )
-    lines += ["", "Credentials (injected by the proxy; the agent only holds a placeholder)"]
-    if not plan.egress.routes:
-        lines.append("  (none)")
-    for route in plan.egress.routes:
-        header = route.header_name
-        state = "present" if route.token_ref in plan.egress.present_token_refs else "NOT SET in the environment"
-        lines.append(
-            f"  {route.id:<16} {route.host}  {header} ({route.scheme}) from ${route.token_ref} [{state}]"
-            f"  methods {_list(route.methods, 'any')}; paths {_list(route.paths, 'any')}"
-        )
-    lines += [
+        *policy_lines(plan),
         "",
         "TLS",
         "  a new CA is made for this bottle; its private key exists only in the proxy's memory-backed /run/bottle",
         "  upstream trust: public roots" + (f" + {plan.egress.upstream_ca}" if plan.egress.upstream_ca else ""),
         "",
-        f"Scanner  {plan.scanner.image} (mode {plan.scanner.mode}); every decrypted request is scanned; "
-        "an unreachable scanner blocks",
+        scanner_line(plan),
         "",
         "Docker resources (created in this order)",
     ]
@@ -78,7 +48,5 @@ def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
     lines += ["", "Teardown (on exit, error, Ctrl-C, SIGTERM or SIGHUP)"]
     for kind, name in dplan.teardown:
         lines.append(f"  remove {kind:<9} {name}")
-    if plan.missing_credentials:
-        lines += ["", "Warning: not set in the environment: " + ", ".join(plan.missing_credentials)
-                  + ". Requests on those routes will be refused."]
+    lines += missing_credentials_lines(plan)
     return "\n".join(lines) + "\n"
