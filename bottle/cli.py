@@ -28,17 +28,33 @@ class _Commands(click.Group):
             raise error from None
 
 
-def _backend(flag: str | None, manifest_choice: str | None):
+def _backend(flag: str | None, manifest_choice: str | None, *, namespace: str | None = None,
+             context: str | None = None):
     """The one place that picks the backend: --backend, else the manifest's `backend`, else docker."""
     name = flag or manifest_choice or "docker"
+    if name == "kubernetes":
+        from bottle.backend.kubernetes.backend import KubernetesBackend
+
+        return KubernetesBackend.from_environment(os.environ, namespace=namespace, context=context)
+    if namespace or context:
+        raise click.UsageError("--namespace and --context apply to the kubernetes backend only")
     from bottle.backend.docker.backend import DockerBackend
 
-    return {"docker": DockerBackend.from_environment}[name]()
+    return DockerBackend.from_environment()
 
 
 def _backend_options(command):
-    return click.option("--backend", type=click.Choice(BACKENDS),
-                        help="Where bottles run (default: the manifest's `backend`, else docker).")(command)
+    for option in reversed((
+        click.option("--backend", type=click.Choice(BACKENDS),
+                     help="Where bottles run (default: the manifest's `backend`, else docker)."),
+        click.option("--namespace", metavar="NAME",
+                     help="Kubernetes namespace (default: the manifest's kubernetes.namespace, else the "
+                     "kubeconfig context's, else default)."),
+        click.option("--context", "kube_context", metavar="NAME",
+                     help="kubeconfig context (default: the manifest's kubernetes.context, else the current one)."),
+    )):
+        command = option(command)
+    return command
 
 
 @click.group(cls=_Commands, context_settings=CONTEXT_SETTINGS)
@@ -94,7 +110,7 @@ def schema() -> None:
 )
 @_backend_options
 def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
-          backend: str | None) -> None:
+          backend: str | None, namespace: str | None, kube_context: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
     Put a command after `--` to run it instead of the manifest's agent.command:
@@ -109,7 +125,7 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
                       proxy_image=proxy_image(os.environ))
-    chosen = _backend(backend, loaded.data.get("backend"))
+    chosen = _backend(backend, loaded.data.get("backend"), namespace=namespace, context=kube_context)
     backend_plan = chosen.plan(plan)
     if dry_run:
         if output_format == "json":
@@ -181,9 +197,11 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
 @click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @_backend_options
-def cleanup(remove_all: bool, dry_run: bool, backend: str | None) -> None:
-    """Remove containers, volumes and networks that a killed `bottle start` left behind."""
-    _backend(backend, None).cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+def cleanup(remove_all: bool, dry_run: bool, backend: str | None, namespace: str | None,
+            kube_context: str | None) -> None:
+    """Remove what a killed `bottle start` left behind (containers, volumes and networks, or
+    Kubernetes objects)."""
+    _backend(backend, None, namespace=namespace, context=kube_context).cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
 
 
 @cli.command()

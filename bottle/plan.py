@@ -86,6 +86,23 @@ class DockerOptions:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class HostAlias:
+    ip: str
+    hostnames: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KubernetesOptions:
+    """`kubernetes`: where the Kubernetes backend creates a bottle. None means the user's
+    kubeconfig decides (its current context, that context's namespace)."""
+
+    namespace: str | None = None
+    context: str | None = None
+    credentials_secret: str | None = None
+    proxy_host_aliases: tuple[HostAlias, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BottlePlan:
     """Everything one bottle is, before any backend turns it into resources."""
 
@@ -97,6 +114,7 @@ class BottlePlan:
     scanner: ScannerSpec
     proxy_image: str
     docker: DockerOptions
+    kubernetes: KubernetesOptions = KubernetesOptions()
     git: GitPolicy | None = None
     github_deny: tuple[GithubDeny, ...] = ()
 
@@ -176,6 +194,7 @@ def build_plan(
         scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"]),
         proxy_image=proxy_image,
         docker=DockerOptions(egress_network=data["docker"].get("egress_network")),
+        kubernetes=_kubernetes_options(data.get("kubernetes", {})),
         git=_git_policy(data["git"]) if "git" in data else None,
         github_deny=tuple(
             GithubDeny(id=f"github.deny[{i}]", method=d.get("method"), path=d.get("path"),
@@ -196,6 +215,18 @@ def _git_policy(git: Mapping[str, Any]) -> GitPolicy:
         push_branches=_optional_tuple(git.get("push_branches")),
         allow_force_push=git["allow_force_push"],
         allow_branch_deletion=git["allow_branch_deletion"],
+    )
+
+
+def _kubernetes_options(kubernetes: Mapping[str, Any]) -> KubernetesOptions:
+    return KubernetesOptions(
+        namespace=kubernetes.get("namespace"),
+        context=kubernetes.get("context"),
+        credentials_secret=kubernetes.get("credentials_secret"),
+        proxy_host_aliases=tuple(
+            HostAlias(ip=alias["ip"], hostnames=tuple(alias["hostnames"]))
+            for alias in kubernetes.get("proxy_host_aliases", [])
+        ),
     )
 
 

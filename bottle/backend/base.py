@@ -15,11 +15,66 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from bottle import __version__
 from bottle.launch.secrets import LaunchSecrets
-from bottle.plan import BottlePlan
+from bottle.plan import PROXY_PORT, BottlePlan
 
-# Marks what only the launch knows: the `bottle start` process that owns a bottle.
+# Set to keep every resource of a bottle after it ends, for debugging (`bottle cleanup` removes them).
+KEEP_ENV = "BOTTLE_KEEP"
+
+# What every backend's resources are labelled with, so teardown and `bottle cleanup` find them.
+LABEL_PREFIX = "dev.bottle"
+MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
+BOTTLE_LABEL = f"{LABEL_PREFIX}.bottle"
+ROLE_LABEL = f"{LABEL_PREFIX}.role"
+OWNER_LABEL = f"{LABEL_PREFIX}.owner"
+VERSION_LABEL = f"{LABEL_PREFIX}.version"
+
+# Values only the launch knows appear in plans as markers that the launch substitutes.
 OWNER = "<host:pid>"
+PROXY_IP = "<proxy-ip>"
+
+
+def placeholder_marker(token_ref: str) -> str:
+    return f"<placeholder:{token_ref}>"
+
+
+# Where the agent's trust store has the bottle's CA: update-ca-certificates' place for
+# local CAs, and the merged bundle (public roots + the bottle CA) tools are pointed at.
+AGENT_CA_FILE = "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
+AGENT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def agent_environment(plan: BottlePlan) -> tuple[tuple[str, str], ...]:
+    """The agent's environment on every backend: everything through the proxy, the merged
+    trust bundle (these variables *replace* trust stores, so never the CA alone; 0003),
+    placeholders for credentials, then the manifest's own variables."""
+    proxy_url = f"http://{PROXY_IP}:{PROXY_PORT}"
+    return (
+        ("HTTPS_PROXY", proxy_url),
+        ("https_proxy", proxy_url),
+        ("HTTP_PROXY", proxy_url),
+        ("http_proxy", proxy_url),
+        ("NO_PROXY", "localhost,127.0.0.1,::1"),
+        ("no_proxy", "localhost,127.0.0.1,::1"),
+        ("NODE_USE_ENV_PROXY", "1"),
+        ("SSL_CERT_FILE", AGENT_CA_BUNDLE),
+        ("REQUESTS_CA_BUNDLE", AGENT_CA_BUNDLE),
+        ("CURL_CA_BUNDLE", AGENT_CA_BUNDLE),
+        ("GIT_SSL_CAINFO", AGENT_CA_BUNDLE),
+        ("PIP_CERT", AGENT_CA_BUNDLE),
+        ("NODE_EXTRA_CA_CERTS", AGENT_CA_FILE),
+        *((ref, placeholder_marker(ref)) for ref in plan.egress.token_refs),
+        *plan.agent.env,
+    )
+
+
+def bottle_labels(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
+    return (
+        (MANAGED_LABEL, "true"),
+        (BOTTLE_LABEL, plan.bottle_id),
+        (ROLE_LABEL, role),
+    )
 
 
 class BackendPlan(Protocol):

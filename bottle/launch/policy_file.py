@@ -7,7 +7,9 @@ The format is the contract in bottle/mitm/policy.py: this module fills its types
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from bottle.errors import StartError
 from bottle.mitm.policy import Dns, Listen, Policy, ScannerConfig
 from bottle.plan import BottlePlan
 
@@ -48,3 +50,14 @@ def build_policy(
 def render_policy(plan: BottlePlan, **launch_facts) -> str:
     """The policy JSON the egress proxy enforces."""
     return build_policy(plan, **launch_facts).to_json()
+
+
+def read_upstream_ca(path: str) -> bytes:
+    """The manifest's `egress.upstream_ca`, shipped to the proxy as upstream-ca.pem."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise StartError(f"egress.upstream_ca: cannot read {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
+    return data

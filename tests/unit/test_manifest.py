@@ -303,7 +303,7 @@ def errors_of(write_manifest, text: str) -> str:
             """
             - version: 1
             """,
-            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, git, github, backend, docker; "
+            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, git, github, backend, docker, kubernetes; "
             "found a list of 1 item",
             id="not-a-mapping",
         ),

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from bottle.backend.base import BottleBackend, RunningBottle, owner_alive, owner_label
+from bottle.backend.base import KEEP_ENV, BottleBackend, RunningBottle, owner_alive, owner_label
 from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
+from bottle.launch.policy_file import read_upstream_ca as _read_upstream_ca
+from bottle.launch.tarball import tar_of as _tar
 from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
 
-KEEP_ENV = "BOTTLE_KEEP"
 READY_TIMEOUT = 60.0
 
 # Run as root inside the agent before its command. The certificate goes where
@@ -55,19 +54,6 @@ else
 fi
 grep -qF "$(sed -n 2p "$ca")" "$bundle"
 """
-
-
-def _tar(files: Mapping[str, bytes], *, mode: int = 0o400, uid: int = 0, gid: int = 0) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = mode
-            info.uid, info.gid = uid, gid
-            info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
 
 
 class DockerBackend(BottleBackend):
@@ -396,16 +382,6 @@ def _substitute(value: str, substitutions: Mapping[str, str]) -> str:
     for marker, replacement in substitutions.items():
         value = value.replace(marker, replacement)
     return value
-
-
-def _read_upstream_ca(path: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise StartError(f"egress.upstream_ca: cannot read {path}: {e.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
-    return data
 
 
 class _Created:

@@ -12,31 +12,27 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.backend.base import OWNER
-from bottle.plan import PROXY_PORT, BottlePlan, bottle_document
-
-LABEL_PREFIX = "dev.bottle"
-MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
-BOTTLE_LABEL = f"{LABEL_PREFIX}.bottle"
-ROLE_LABEL = f"{LABEL_PREFIX}.role"
-OWNER_LABEL = f"{LABEL_PREFIX}.owner"
-
-PROXY_IP = "<proxy-ip>"
+from bottle.backend.base import (  # noqa: F401 (the Docker backend reads these here)
+    BOTTLE_LABEL,
+    MANAGED_LABEL,
+    OWNER,
+    OWNER_LABEL,
+    PROXY_IP,
+    VERSION_LABEL,
+    agent_environment,
+    bottle_labels,
+    placeholder_marker,
+)
+from bottle.plan import BottlePlan, bottle_document
 
 PROXY_UID = "10001:10001"
 PIPELOCK_UID = "65534:65534"
 RUN_DIR = "/run/bottle"
 PIPELOCK_CONFIG_DIR = "/etc/pipelock"
 PIPELOCK_CONFIG_FILE = f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml"
-AGENT_CA_FILE = "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
-AGENT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PIPELOCK_ALIAS = "pipelock"
 PROXY_ALIAS = "proxy"
 PIPELOCK_MAIN_LISTEN = "127.0.0.1:8888"
-
-
-def placeholder_marker(token_ref: str) -> str:
-    return f"<placeholder:{token_ref}>"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -161,13 +157,7 @@ def docker_memory(value: str | int) -> str:
 
 
 def labels_for(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
-    return (
-        (MANAGED_LABEL, "true"),
-        (BOTTLE_LABEL, plan.bottle_id),
-        (ROLE_LABEL, role),
-        (OWNER_LABEL, OWNER),
-        (f"{LABEL_PREFIX}.version", __version__),
-    )
+    return (*bottle_labels(plan, role), (OWNER_LABEL, OWNER), (VERSION_LABEL, __version__))
 
 
 def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
@@ -237,24 +227,7 @@ def docker_plan(plan: BottlePlan) -> DockerBottlePlan:
         labels=labels_for(plan, "proxy"),
     )
     agent = plan.agent
-    proxy_url = f"http://{PROXY_IP}:{PROXY_PORT}"
-    agent_env = [
-        EnvVar(name="HTTPS_PROXY", value=proxy_url),
-        EnvVar(name="https_proxy", value=proxy_url),
-        EnvVar(name="HTTP_PROXY", value=proxy_url),
-        EnvVar(name="http_proxy", value=proxy_url),
-        EnvVar(name="NO_PROXY", value="localhost,127.0.0.1,::1"),
-        EnvVar(name="no_proxy", value="localhost,127.0.0.1,::1"),
-        EnvVar(name="NODE_USE_ENV_PROXY", value="1"),
-        EnvVar(name="SSL_CERT_FILE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="REQUESTS_CA_BUNDLE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="CURL_CA_BUNDLE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="GIT_SSL_CAINFO", value=AGENT_CA_BUNDLE),
-        EnvVar(name="PIP_CERT", value=AGENT_CA_BUNDLE),
-        EnvVar(name="NODE_EXTRA_CA_CERTS", value=AGENT_CA_FILE),
-        *(EnvVar(name=ref, value=placeholder_marker(ref)) for ref in plan.egress.token_refs),
-        *(EnvVar(name=k, value=v) for k, v in agent.env),
-    ]
+    agent_env = [EnvVar(name=name, value=value) for name, value in agent_environment(plan)]
     mounts = []
     if agent.workspace:
         mounts.append(Mount(type="bind", source=agent.workspace, target=agent.workdir))
