@@ -6,6 +6,8 @@
 #   ensure_test_images   build bottle-test/upstream:latest and bottle-test/git:latest
 #   ensure_pipelock      find, pull or build (from source) a pipelock image and binary
 #                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN
+#   ensure_all [kubernetes]  all of the above; with `kubernetes` also the test node's
+#                        binaries (scripts/lib/k8s.sh; the Kubernetes tests start the node)
 # Tunables: BOTTLE_PULL_TIMEOUT (s, default 60), BOTTLE_PIPELOCK_IMAGE (use this image),
 #           BOTTLE_PIPELOCK_SOURCE (source archive; default ../shared/third_party/pipelock-*.tar.gz),
 #           BOTTLE_BUILD_CA (CA bundle passed as BuildKit secret build_ca,
@@ -13,6 +15,7 @@
 
 if [[ -n "${_BOTTLE_IMAGES_SH:-}" ]]; then return 0; fi
 _BOTTLE_IMAGES_SH=1
+source "$BOTTLE_ROOT/scripts/lib/k8s.sh"
 
 BOTTLE_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$BOTTLE_ROOT/bottle/__init__.py")"
 [[ -n "$BOTTLE_VERSION" ]] || BOTTLE_VERSION=0.1.0
@@ -261,6 +264,9 @@ ensure_all() {
     step "bottle images"; ensure_images
     step "test images";   ensure_test_images
     step "pipelock";      ensure_pipelock
+    if [[ " $* " == *" kubernetes "* ]]; then
+        step "kubernetes test node (build)"; ensure_k8s_binaries
+    fi
     step_done
     printf '==> setup done in %ss\n' "$((SECONDS - start))" >&2
 }
