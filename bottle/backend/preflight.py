@@ -1,8 +1,25 @@
-"""The parts of the dry-run's text that say what a bottle allows, the same on every backend."""
+"""The parts of the dry-run's text that say what a bottle is and allows, the same on every backend."""
 
 from __future__ import annotations
 
+import shlex
+
 from bottle.plan import BottlePlan
+
+
+def agent_lines(plan: BottlePlan, *, user: str, workdir: str, limits: str, network: str) -> list[str]:
+    """The heading and the Agent section; the backend says how it confines the agent."""
+    return [
+        f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
+        "",
+        "Agent",
+        f"  image     {plan.agent.image}",
+        f"  command   {shlex.join(plan.agent.command)}",
+        f"  user      {plan.agent.user}, {user}",
+        f"  workdir   {plan.agent.workdir}  {workdir}",
+        f"  limits    {plan.agent.resources.cpus:g} CPUs, {limits}",
+        f"  network   {network}",
+    ]
 
 
 def _list(values: tuple[str, ...] | None, every: str) -> str:

@@ -152,7 +152,7 @@ def test_a_host_workspace_is_refused_with_a_reason(write_manifest):
         kp.kubernetes_plan(build_plan(load_manifest(path), env={}, run_id="r1"), namespace="n", context=None)
     assert refused.value.message == (
         f"agent.workspace: the kubernetes backend cannot mount the host directory {path.parent} into a cluster\n"
-        "Tip: remove agent.workspace for this backend; the agent gets an empty /workspace")
+        "Tip: remove agent.workspace for this backend; the agent then starts in its image's /workspace")
     assert refused.value.exit_code == 6
 
 
@@ -355,6 +355,17 @@ def test_a_failure_while_creating_removes_what_was_made():
     assert cluster.objects == {}
 
 
+def start_error(status) -> str:
+    """The StartError of a launch whose Pods have the status `status(pod)`; nothing may be left."""
+    cluster = FakeCluster(status=status)
+    backend, plan, secrets = launch(cluster)
+    with pytest.raises(StartError) as failed:
+        with backend.launch(plan, secrets, env={}):
+            pass
+    assert cluster.objects == {}
+    return failed.value.message
+
+
 def test_a_container_that_cannot_start_fails_at_once_with_its_reason():
     def pull_failure(pod):
         status = running_status(pod)
@@ -364,17 +375,11 @@ def test_a_container_that_cannot_start_fails_at_once_with_its_reason():
             status["containerStatuses"] = []
         return status
 
-    cluster = FakeCluster(status=pull_failure)
-    backend, plan, secrets = launch(cluster)
-    with pytest.raises(StartError) as failed:
-        with backend.launch(plan, secrets, env={}):
-            pass
-    assert failed.value.message == (
+    assert start_error(pull_failure) == (
         "the agent Pod bottle-claude-k8s-abc123-agent cannot start: container trust: ErrImagePull: "
         'failed to pull image "bottle/agent:0.1.0": not found\n'
         "  last log lines:\n    a log line\n"
         "Tip: make the image available to the cluster's nodes, or set another one in the manifest")
-    assert cluster.objects == {}
 
 
 def test_a_pod_that_is_never_ready_fails_after_the_timeout_with_the_schedulers_reason(monkeypatch):
@@ -384,15 +389,9 @@ def test_a_pod_that_is_never_ready_fails_after_the_timeout_with_the_schedulers_r
         return {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                                     "message": "0/1 nodes are available: 1 Insufficient cpu."}]}
 
-    cluster = FakeCluster(status=unschedulable)
-    backend, plan, secrets = launch(cluster)
-    with pytest.raises(StartError) as failed:
-        with backend.launch(plan, secrets, env={}):
-            pass
-    assert failed.value.message == (
+    assert start_error(unschedulable) == (
         "the proxy Pod bottle-claude-k8s-abc123-proxy did not become ready within 0.3 s: "
         "PodScheduled is False: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.")
-    assert cluster.objects == {}
 
 
 def test_cleanup_skips_bottles_whose_start_still_runs(monkeypatch):

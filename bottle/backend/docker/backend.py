@@ -18,11 +18,10 @@ from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
-from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
-from bottle.launch.policy_file import read_upstream_ca as _read_upstream_ca
+from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
 from bottle.launch.tarball import tar_of as _tar
 from bottle.launch.secrets import LaunchSecrets
-from bottle.plan import PROXY_PORT, SCANNER_PORT, BottlePlan
+from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
 
 READY_TIMEOUT = 60.0
@@ -136,20 +135,9 @@ class DockerBackend(BottleBackend):
             scanner_ready.result()
             files = {
                 "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
-                "policy.json": render_policy(
-                    plan.bottle,
-                    clients=[agent_ip],
-                    listen_host=proxy_ip,
-                    listen_port=PROXY_PORT,
-                    scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan",
-                    scanner_token=secrets.scanner_token,
-                    placeholders=secrets.placeholders,
-                    upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
-                    dns_host=proxy_ip,
-                ).encode(),
+                **proxy_files(plan.bottle, secrets, agent_ip=agent_ip, proxy_ip=proxy_ip, run_dir=dp.RUN_DIR,
+                              scanner_url=f"http://{dp.PIPELOCK_ALIAS}:{SCANNER_PORT}/api/v1/scan"),
             }
-            if plan.bottle.egress.upstream_ca:
-                files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
             self._deliver_to_proxy(proxy.name, files)
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,

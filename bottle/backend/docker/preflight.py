@@ -5,24 +5,21 @@ from __future__ import annotations
 import shlex
 
 from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv
-from bottle.backend.preflight import missing_credentials_lines, policy_lines, scanner_line
+from bottle.backend.preflight import agent_lines, missing_credentials_lines, policy_lines, scanner_line
 
 
 def render_preflight(dplan: DockerBottlePlan, *, docker: str = "docker") -> str:
     plan = dplan.bottle
     agent = dplan.container("agent")
     lines = [
-        f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
-        "",
-        "Agent",
-        f"  image     {plan.agent.image}",
-        f"  command   {shlex.join(plan.agent.command)}",
-        f"  user      {plan.agent.user}, all capabilities dropped, no-new-privileges",
-        f"  workdir   {plan.agent.workdir}"
-        + (f"  (host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace else "  (no host directory mounted)"),
-        f"  limits    {plan.agent.resources.cpus:g} CPUs, {agent.memory} memory, "
-        f"{plan.agent.resources.pids} processes",
-        "  network   internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name",
+        *agent_lines(
+            plan,
+            user="all capabilities dropped, no-new-privileges",
+            workdir=f"(host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace
+            else "(no host directory mounted)",
+            limits=f"{agent.memory} memory, {plan.agent.resources.pids} processes",
+            network="internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name",
+        ),
         "",
         *policy_lines(plan),
         "",

@@ -28,10 +28,10 @@ from bottle.backend.kubernetes import plan as kp
 from bottle.backend.kubernetes.client import KINDS, Cluster, context_namespace
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
-from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, read_upstream_ca, render_policy
+from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files, read_upstream_ca
 from bottle.launch.secrets import LaunchSecrets
 from bottle.launch.tarball import tar_of
-from bottle.plan import PROXY_PORT, BottlePlan
+from bottle.plan import BottlePlan
 from bottle.signals import signals_ignored
 
 # Pulling an agent image onto a fresh node can take minutes; a container that cannot
@@ -111,7 +111,8 @@ class KubernetesBackend(BottleBackend):
             **{kp.credential_marker(ref): env[ref] for ref in plan.bottle.egress.token_refs if env.get(ref)},
         }
         proxy, agent = plan.object("Pod", "proxy").name, plan.object("Pod", "agent").name
-        upstream_ca = read_upstream_ca(plan.bottle.egress.upstream_ca) if plan.bottle.egress.upstream_ca else None
+        if plan.bottle.egress.upstream_ca:  # a bad path fails before anything is created
+            read_upstream_ca(plan.bottle.egress.upstream_ca)
         proxy_ip = ""
         for obj in plan.objects:
             if obj.name == agent and obj.kind == "Pod":
@@ -125,21 +126,8 @@ class KubernetesBackend(BottleBackend):
                 markers[kp.PARENT_UID] = made["metadata"]["uid"]
         self._wait_for_pod(cluster, namespace, proxy, "proxy", need=_proxy_ready)
         agent_ip = self._wait_for_pod(cluster, namespace, agent, "agent", need=_agent_ready)["status"]["podIP"]
-        files = {
-            "policy.json": render_policy(
-                plan.bottle,
-                clients=[agent_ip],
-                listen_host=proxy_ip,
-                listen_port=PROXY_PORT,
-                scanner_url=f"http://{kp.SCANNER_LISTEN}/api/v1/scan",
-                scanner_token=secrets.scanner_token,
-                placeholders=secrets.placeholders,
-                upstream_ca_path=f"{kp.RUN_DIR}/upstream-ca.pem" if upstream_ca else None,
-                dns_host=proxy_ip,
-            ).encode(),
-        }
-        if upstream_ca:
-            files["upstream-ca.pem"] = upstream_ca
+        files = proxy_files(plan.bottle, secrets, agent_ip=agent_ip, proxy_ip=proxy_ip, run_dir=kp.RUN_DIR,
+                            scanner_url=f"http://{kp.SCANNER_LISTEN}/api/v1/scan")
         code, out, err = cluster.run(namespace, proxy, "proxy", [*kp.RECEIVE_COMMAND, "--timeout", "60"],
                                      input=tar_of(files, mode=0o400, uid=kp.PROXY_USER, gid=kp.PROXY_USER),
                                      timeout=90)

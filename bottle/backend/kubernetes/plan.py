@@ -145,7 +145,7 @@ def kubernetes_plan(plan: BottlePlan, *, namespace: str, context: str | None) ->
         raise NotSupportedError(
             f"agent.workspace: the kubernetes backend cannot mount the host directory {plan.agent.workspace} "
             "into a cluster",
-            tip=f"remove agent.workspace for this backend; the agent gets an empty {plan.agent.workdir}",
+            tip=f"remove agent.workspace for this backend; the agent then starts in its image's {plan.agent.workdir}",
         )
     bid = plan.bottle_id
     build = _Builder(plan, namespace)
@@ -362,13 +362,11 @@ class _Builder:
                 "volumeMounts": [
                     {"name": "trust", "mountPath": AGENT_CA_BUNDLE, "subPath": "ca-certificates.crt", "readOnly": True},
                     {"name": "agent-ca", "mountPath": AGENT_CA_FILE, "subPath": "bottle-egress-ca.crt", "readOnly": True},
-                    {"name": "workdir", "mountPath": agent.workdir},
                 ],
             }],
             "volumes": [
                 ca,
                 {"name": "trust", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                {"name": "workdir", "emptyDir": {}},
             ],
         }
         return self.pod(f"{plan.bottle_id}-agent", "agent", spec)

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import shlex
-
 from bottle.backend.kubernetes.plan import KubernetesBottlePlan, memory_quantity
-from bottle.backend.preflight import missing_credentials_lines, policy_lines, scanner_line
+from bottle.backend.preflight import agent_lines, missing_credentials_lines, policy_lines, scanner_line
 
 
 def render_preflight(kplan: KubernetesBottlePlan) -> str:
     plan = kplan.bottle
     proxy = kplan.object("Pod", "proxy").name
     lines = [
-        f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
-        "",
-        "Agent",
-        f"  image     {plan.agent.image}",
-        f"  command   {shlex.join(plan.agent.command)}",
-        f"  user      {plan.agent.user}, all capabilities dropped, no privilege escalation, seccomp RuntimeDefault",
-        f"  workdir   {plan.agent.workdir}  (an empty directory; no host directory on Kubernetes)",
-        f"  limits    {plan.agent.resources.cpus:g} CPUs, {memory_quantity(plan.agent.resources.memory_bytes)} memory; "
-        "processes: the kubelet's podPidsLimit",
-        f"  network   NetworkPolicy: only the proxy Pod {proxy}; DNS answers NXDOMAIN for every name",
+        *agent_lines(
+            plan,
+            user="all capabilities dropped, no privilege escalation, seccomp RuntimeDefault",
+            workdir="(the image's; no host directory on Kubernetes)",
+            limits=f"{memory_quantity(plan.agent.resources.memory_bytes)} memory; processes: the kubelet's podPidsLimit",
+            network=f"NetworkPolicy: only the proxy Pod {proxy}; DNS answers NXDOMAIN for every name",
+        ),
         "",
         *policy_lines(plan),
         "",
