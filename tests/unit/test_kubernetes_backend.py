@@ -408,3 +408,64 @@ def test_cleanup_skips_bottles_whose_start_still_runs(monkeypatch):
     assert backend.cleanup(remove_running=True, dry_run=False, echo=lines.append) == len(plan.objects)
     assert "removing Pod bottle-claude-k8s-abc123-agent (namespace agents)" in lines
     assert cluster.objects == {}
+
+
+# -- the agent's command over exec ------------------------------------------------------------
+
+class FakeSession:
+    """An exec session: output queued up front, stdin recorded; it ends once stdin is closed."""
+
+    def __init__(self, stdout: bytes, stderr: bytes, code: int) -> None:
+        self.out, self.err, self.code = [stdout], [stderr], code
+        self.stdin = b""
+        self.stdin_closed = False
+        self.closed = False
+
+    def is_open(self):
+        return not self.stdin_closed
+
+    def update(self, timeout=0):
+        import time
+
+        time.sleep(0.01)
+
+    def read_stdout(self, timeout=0):
+        return self.out.pop() if self.out else b""
+
+    def read_stderr(self, timeout=0):
+        return self.err.pop() if self.err else b""
+
+    def write_stdin(self, data):
+        self.stdin += data
+
+    def close_channel(self, channel):
+        self.stdin_closed = channel == 0
+
+    @property
+    def returncode(self):
+        return self.code
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_agent_command_gets_stdin_and_returns_its_bytes_and_exit_code(monkeypatch, capsysbinary):
+    from bottle.backend.kubernetes.terminal import run_exec
+
+    session = FakeSession(b"out \xff\n", b"err\n", 7)
+    calls = []
+
+    class Cluster:
+        def exec(self, namespace, pod, container, command, *, stdin, tty):
+            calls.append((namespace, pod, container, list(command), stdin, tty))
+            return session
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"typed input")
+    os.close(write_end)
+    monkeypatch.setattr("sys.stdin", open(read_end, "rb"))
+    assert run_exec(Cluster(), "ns", "b-agent", "agent", ["cat"], interactive=False) == 7
+    assert calls == [("ns", "b-agent", "agent", ["cat"], True, False)]
+    assert session.stdin == b"typed input" and session.stdin_closed and session.closed
+    captured = capsysbinary.readouterr()
+    assert (captured.out, captured.err) == (b"out \xff\n", b"err\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -69,12 +68,14 @@ def _terminal(session: Any) -> Iterator[None]:
     saved = termios.tcgetattr(fd)
 
     def resize(*_: Any) -> None:
-        size = shutil.get_terminal_size()
         with contextlib.suppress(Exception):
-            session.write_channel(RESIZE, json.dumps({"Width": size.columns, "Height": size.lines}).encode())
+            size = os.get_terminal_size(fd)
+            if size.columns and size.lines:
+                session.write_channel(RESIZE, json.dumps({"Width": size.columns, "Height": size.lines}).encode())
 
     previous = signal.signal(signal.SIGWINCH, resize)
-    tty.setraw(fd)
+    # TCSANOW: what was typed while the bottle started is kept, not flushed.
+    tty.setraw(fd, termios.TCSANOW)
     resize()
     try:
         yield
