@@ -34,11 +34,19 @@ K8S_ETCD_PORT=23791
 K8S_ETCD_PEER_PORT=23801
 K8S_KUBELET_PORT=10250
 K8S_PAUSE_IMAGE=bottle-test/pause:1.0
+# One test node per host (its bridge, ports and iptables chains are host-wide): the node
+# dir of the checkout whose node runs is written here.
+K8S_HOST_LOCK=/run/bottle-test-node
 # The kubelet sets these host sysctls when it starts; k8s_node_down puts them back.
 K8S_KUBELET_SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 export K8S_NODE_DIR K8S_NODE_IP K8S_NODE_NAME K8S_KUBELET_PORT
 
 _k8s_ctr() { ctr --address "$K8S_NODE_DIR/containerd.sock" -n k8s.io "$@"; }
+
+# Reads the API's JSON answers: the project's Python when set up, else the system's.
+_k8s_python() {
+    if [[ -x "$BOTTLE_ROOT/.venv/bin/python" ]]; then "$BOTTLE_ROOT/.venv/bin/python" "$@"; else python3 "$@"; fi
+}
 
 ensure_k8s_packages() {
     local missing=() pkg
@@ -49,6 +57,7 @@ ensure_k8s_packages() {
     command -v ipset >/dev/null 2>&1 || missing+=(ipset)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     if ((${#missing[@]})); then
         [[ $EUID -eq 0 ]] || die "the test node needs ${missing[*]} (apt-get install them as root)"
         local log="$BOTTLE_CACHE/logs/k8s-apt.log"
@@ -89,17 +98,24 @@ _k8s_go_build() {
 
 ensure_k8s_binaries() {
     ensure_k8s_packages
-    local v="k8s.io/component-base/version"
+    local v="k8s.io/component-base/version" jobs=() job failed=0
+    # Side by side: most of a cold build is compiling on both cores, but each link runs on one.
     _k8s_go_build kubernetes "kubernetes-$K8S_VERSION" \
         "-X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=34 -X $v.gitTreeState=clean" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubelet \
-        k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
-    _k8s_go_build etcd "etcd-$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
-    [[ -x "$K8S_BIN/etcd-$ETCD_VERSION/server" ]] && mv "$K8S_BIN/etcd-$ETCD_VERSION/server" "$K8S_BIN/etcd-$ETCD_VERSION/etcd"
-    _k8s_go_build kube-router "kube-router-$KUBE_ROUTER_VERSION" "" \
-        github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
-    _k8s_go_build pause pause "" .
-    export BOTTLE_K8S_BIN="$K8S_BIN"
+        k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler &
+    jobs+=($!)
+    {
+        _k8s_go_build etcd "etcd-$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
+        # go names the binary of .../server/v3 after "server".
+        if [[ -x "$K8S_BIN/etcd-$ETCD_VERSION/server" ]]; then mv "$K8S_BIN/etcd-$ETCD_VERSION/server" "$K8S_BIN/etcd-$ETCD_VERSION/etcd"; fi
+        _k8s_go_build kube-router "kube-router-$KUBE_ROUTER_VERSION" "" \
+            github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+        _k8s_go_build pause pause "" .
+    } &
+    jobs+=($!)
+    for job in "${jobs[@]}"; do wait "$job" || failed=1; done
+    ((failed == 0)) || die "building the test node's binaries failed (see above)"
 }
 
 _k8s_pid_alive() { [[ -f "$K8S_NODE_DIR/$1.pid" ]] && kill -0 "$(cat "$K8S_NODE_DIR/$1.pid")" 2>/dev/null; }
@@ -282,7 +298,12 @@ k8s_node_up() {
     for b in "$kb/kube-apiserver" "$kb/kubelet" "$kb/kube-controller-manager" "$kb/kube-scheduler" "$etcd" "$router"; do
         [[ -x "$b" ]] || die "$b is not built (ensure_k8s_binaries builds it)"
     done
+    if [[ -f "$K8S_HOST_LOCK" && "$(cat "$K8S_HOST_LOCK")" != "$n" ]] \
+        && [[ -f "$(cat "$K8S_HOST_LOCK")/apiserver.pid" ]] && kill -0 "$(cat "$(cat "$K8S_HOST_LOCK")/apiserver.pid")" 2>/dev/null; then
+        die "another test node runs on this host (from $(cat "$K8S_HOST_LOCK")); stop it first with its scripts/k8s-node down"
+    fi
     k8s_node_down >/dev/null 2>&1 || true
+    echo "$n" >"$K8S_HOST_LOCK"
     rm -rf "$n"
     mkdir -p "$n"
     _k8s_record_sysctls
@@ -335,7 +356,7 @@ k8s_node_up() {
 }
 
 _k8s_node_ready() {
-    _k8s_api "https://127.0.0.1:$K8S_API_PORT/api/v1/nodes/$K8S_NODE_NAME" | python3 -c '
+    _k8s_api "https://127.0.0.1:$K8S_API_PORT/api/v1/nodes/$K8S_NODE_NAME" | _k8s_python -c '
 import json, sys
 conditions = json.load(sys.stdin).get("status", {}).get("conditions", [])
 sys.exit(0 if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) else 1)'
@@ -374,7 +395,7 @@ _k8s_node_down() {
     local n="$K8S_NODE_DIR" p pid i t c ns
     # Pods first, while the kubelet runs, so it tears down sandboxes and their networks.
     if _k8s_pid_alive kubelet && _k8s_pid_alive apiserver; then
-        for ns in $(_k8s_api "https://127.0.0.1:$K8S_API_PORT/api/v1/pods" 2>/dev/null | python3 -c '
+        for ns in $(_k8s_api "https://127.0.0.1:$K8S_API_PORT/api/v1/pods" 2>/dev/null | _k8s_python -c '
 import json, sys
 print("\n".join(sorted({p["metadata"]["namespace"] for p in json.load(sys.stdin)["items"]})))'); do
             _k8s_api -X DELETE "https://127.0.0.1:$K8S_API_PORT/api/v1/namespaces/$ns/pods?gracePeriodSeconds=0" >/dev/null 2>&1 || true
@@ -400,6 +421,8 @@ print("\n".join(sorted({p["metadata"]["namespace"] for p in json.load(sys.stdin)
     done
     _k8s_host_cleanup
     rm -f "$n"/*.pid
+    if [[ -f "$K8S_HOST_LOCK" && "$(cat "$K8S_HOST_LOCK")" == "$n" ]]; then rm -f "$K8S_HOST_LOCK"; fi
+    return 0
 }
 
 _k8s_no_sandboxes() { [[ -z "$(_k8s_ctr tasks ls -q 2>/dev/null | grep -v '^$' || true)" ]]; }
