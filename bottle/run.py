@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from bottle.backend.base import BackendPlan, BottleBackend
+from bottle.backend.base import P, BottleBackend
 from bottle.launch.secrets import make_secrets
 from bottle.signals import Terminated, signals_ignored, signals_raise
 
@@ -24,7 +24,7 @@ def default_log_path(bottle_id: str, env: Mapping[str, str]) -> Path:
     return Path(state) / "bottle" / "logs" / f"{bottle_id}.jsonl"
 
 
-def run_bottle(backend_plan: BackendPlan, backend: BottleBackend, *, egress_log: Path | None = None,
+def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path | None = None,
                env: Mapping[str, str] | None = None) -> int:
     """Launch `backend_plan` (made by `backend.plan()`) and run its agent; returns the exit code."""
     env = os.environ if env is None else env

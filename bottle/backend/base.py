@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from bottle import __version__
 from bottle.launch.secrets import LaunchSecrets
@@ -92,6 +92,9 @@ class BackendPlan(Protocol):
         ...
 
 
+P = TypeVar("P", bound=BackendPlan)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunningBottle:
     """A launched bottle whose proxy is serving and whose agent trusts the bottle's CA."""
@@ -103,18 +106,18 @@ class RunningBottle:
     addresses: Mapping[str, str]
 
 
-class BottleBackend(abc.ABC):
-    """Turns a backend plan into running resources and removes them again."""
+class BottleBackend(abc.ABC, Generic[P]):
+    """Turns a BottlePlan into its own plan P, P into running resources, and removes them again."""
 
     name: ClassVar[str] = ""
 
-    def plan(self, bottle: BottlePlan) -> BackendPlan:
+    def plan(self, bottle: BottlePlan) -> P:
         """This backend's plan for `bottle`; makes no contact with an engine or cluster."""
         raise NotImplementedError(f"the {self.name or type(self).__name__} backend makes no plan")
 
     @abc.abstractmethod
-    def launch(self, plan: Any, secrets: LaunchSecrets, *, env: Mapping[str, str]) -> contextlib.AbstractContextManager[RunningBottle]:
-        """Create and start everything in `plan` (this backend's own plan), wait until it is
+    def launch(self, plan: P, secrets: LaunchSecrets, *, env: Mapping[str, str]) -> contextlib.AbstractContextManager[RunningBottle]:
+        """Create and start everything in `plan` (made by `self.plan()`), wait until it is
         ready, and remove it all on exit, however the block is left. A failure while
         starting removes what was made and raises."""
 

@@ -55,7 +55,7 @@ grep -qF "$(sed -n 2p "$ca")" "$bundle"
 """
 
 
-class DockerBackend(BottleBackend):
+class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
     name = "docker"
 
     def __init__(self, docker: DockerCLI | None = None, *, env: Mapping[str, str] | None = None) -> None:

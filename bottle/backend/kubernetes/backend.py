@@ -47,7 +47,7 @@ FATAL_WAITING = frozenset({
 IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 
 
-class KubernetesBackend(BottleBackend):
+class KubernetesBackend(BottleBackend[kp.KubernetesBottlePlan]):
     name = "kubernetes"
 
     def __init__(self, *, env: Mapping[str, str], namespace: str | None = None, context: str | None = None,
