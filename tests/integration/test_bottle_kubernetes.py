@@ -536,6 +536,22 @@ def test_cleanup_removes_what_a_killed_bottle_left(node, namespace, manifest, tm
     assert node.leftovers(namespace, bottle_id) == []
 
 
+def test_one_delete_of_the_parent_removes_the_whole_bottle(node, namespace, manifest, tmp_path):
+    """Every object is owned by the parent ConfigMap, so the cluster's garbage collector
+    removes them all when it goes, whatever happened to `bottle start`."""
+    bottle = start(manifest(AGENT_RULES), ["sleep", "600"], tmp_path)
+    bottle.wait_for("the bottle to be up", "bottle: egress log:")
+    bottle_id = bottle.bottle_id
+    bottle.process.kill()
+    bottle.finish()
+    assert len(node.leftovers(namespace, bottle_id)) == 7
+    node.core.delete_namespaced_config_map(bottle_id, namespace, propagation_policy="Foreground")
+    deadline = time.monotonic() + 60
+    while left := node.leftovers(namespace, bottle_id):
+        assert time.monotonic() < deadline, f"still there after deleting the parent: {left}"
+        time.sleep(0.5)
+
+
 # -- a cluster bottle cannot use ------------------------------------------------------------------
 
 def test_a_kubeconfig_whose_credentials_are_refused_is_a_clear_error(node, namespace, manifest, tmp_path):
