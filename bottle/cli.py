@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from bottle import __version__
+from bottle.backend import BACKENDS
+from bottle.errors import BottleError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -21,7 +23,52 @@ engine_option = click.option(
 )
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _Commands(click.Group):
+    """Shows a BottleError like any click error: `Error: <message>`, its own exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BottleError as e:
+            error = click.ClickException(e.message)
+            error.exit_code = e.exit_code
+            raise error from None
+
+
+def _backend(flag: str | None, manifest_choice: str | None, *, namespace: str | None = None,
+             context: str | None = None, engine: str | None = None, planning: bool = False):
+    """The one place that picks the backend: --backend, else the manifest's `backend`, else
+    docker. `planning` (a dry-run) finds what the plan needs without refusing anything."""
+    name = flag or manifest_choice or "docker"
+    if name == "kubernetes":
+        if engine:
+            raise click.UsageError("--engine applies to the docker backend only")
+        from bottle.backend.kubernetes.backend import KubernetesBackend
+
+        return KubernetesBackend.from_environment(os.environ, namespace=namespace, context=context)
+    if namespace or context:
+        raise click.UsageError("--namespace and --context apply to the kubernetes backend only")
+    from bottle.backend.docker.backend import DockerBackend
+
+    return DockerBackend.from_environment(os.environ, engine=engine, planning=planning)
+
+
+def _backend_options(command):
+    for option in reversed((
+        click.option("--backend", type=click.Choice(BACKENDS),
+                     help="Where bottles run (default: the manifest's `backend`, else docker)."),
+        engine_option,
+        click.option("--namespace", metavar="NAME",
+                     help="Kubernetes namespace (default: the manifest's kubernetes.namespace, else the "
+                     "kubeconfig context's, else default)."),
+        click.option("--context", "kube_context", metavar="NAME",
+                     help="kubeconfig context (default: the manifest's kubernetes.context, else the current one)."),
+    )):
+        command = option(command)
+    return command
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="bottle")
 def cli() -> None:
     """Run an autonomous coding agent in a bottle.
@@ -77,9 +124,10 @@ def schema() -> None:
     type=click.Choice(["discover", "enforce"]),
     help="Override egress.mode for this run: discover logs what enforce would block and lets it through.",
 )
-@engine_option
+@_backend_options
 def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
-          mode: str | None, engine: str | None) -> None:
+          mode: str | None, backend: str | None, engine: str | None, namespace: str | None,
+          kube_context: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
     Put a command after `--` to run it instead of the manifest's agent.command:
@@ -88,34 +136,26 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
     The agent's exit code becomes bottle's.
     """
-    from bottle.backend.docker import engine as engines
-    from bottle.backend.docker.plan import docker_plan
     from bottle.manifest import load_manifest
     from bottle.plan import build_plan, new_run_id, proxy_image
 
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
                       proxy_image=proxy_image(os.environ), mode=mode)
-    if dry_run:
-        name, assumption = engines.plan_engine(engine, os.environ)
-        dplan = docker_plan(plan, name)
-        if output_format == "json":
-            click.echo(json.dumps(dplan.to_dict(), indent=2))
-        else:
-            from bottle.preflight import render_preflight
-
-            click.echo(render_preflight(dplan, note=assumption), nl=False)
-        return
-    if output_format != "text":
+    if output_format != "text" and not dry_run:
         raise click.UsageError("--format applies to --dry-run only")
-    from bottle.backend.docker.backend import DockerBackend
+    chosen = _backend(backend, loaded.data.get("backend"), namespace=namespace, context=kube_context,
+                      engine=engine, planning=dry_run)
+    backend_plan = chosen.plan(plan)
+    if dry_run:
+        if output_format == "json":
+            click.echo(json.dumps(backend_plan.to_dict(), indent=2))
+        else:
+            click.echo(backend_plan.render_text(), nl=False)
+        return
     from bottle.run import run_bottle
 
-    docker, found = engines.resolve_engine(engine, os.environ)
-    engines.require_supported(found)
-    backend = DockerBackend(docker, engine=found)
-    exit_code = run_bottle(docker_plan(plan, found.name), backend, egress_log=egress_log)
-    sys.exit(exit_code)
+    sys.exit(run_bottle(backend_plan, chosen, egress_log=egress_log))
 
 
 @cli.command()
@@ -294,14 +334,13 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
 @cli.command()
 @click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-@engine_option
-def cleanup(remove_all: bool, dry_run: bool, engine: str | None) -> None:
-    """Remove containers, volumes and networks that a killed `bottle start` left behind."""
-    from bottle.backend.docker.backend import DockerBackend
-    from bottle.backend.docker.engine import resolve_engine
-
-    docker, found = resolve_engine(engine, os.environ)
-    DockerBackend(docker, engine=found).cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+@_backend_options
+def cleanup(remove_all: bool, dry_run: bool, backend: str | None, engine: str | None, namespace: str | None,
+            kube_context: str | None) -> None:
+    """Remove what a killed `bottle start` left behind (containers, volumes and networks, or
+    Kubernetes objects)."""
+    chosen = _backend(backend, None, namespace=namespace, context=kube_context, engine=engine)
+    chosen.cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
 
 
 @cli.command()

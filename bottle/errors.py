@@ -1,16 +1,15 @@
 """One exception family for everything bottle reports to a user.
 
 Each family has its own exit code so scripts can tell them apart. click keeps 1 (a
-generic ClickException) and 2 (usage errors); ours start at 3. When `bottle start`
-runs an agent, the agent command's own exit code is returned instead.
+generic error) and 2 (usage errors); ours start at 3. When `bottle start` runs an agent,
+the agent command's own exit code is returned instead. Nothing here knows click: the
+command line (bottle/cli.py) turns these into its `Error: …` lines.
 """
 
 from __future__ import annotations
 
-import click
 
-
-class BottleError(click.ClickException):
+class BottleError(Exception):
     """An error a user can act on: printed as `Error: <message>` without a traceback."""
 
     exit_code = 1
@@ -19,6 +18,10 @@ class BottleError(click.ClickException):
         if tip:
             message = f"{message}\nTip: {tip}"
         super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ManifestError(BottleError):
@@ -28,7 +31,7 @@ class ManifestError(BottleError):
 
 
 class BackendError(BottleError):
-    """The container engine refused or failed a command."""
+    """The container engine or cluster refused or failed a request."""
 
     exit_code = 4
 

@@ -11,6 +11,7 @@ silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from bottle import schema
+from bottle.backend import BACKENDS
 from bottle.errors import ManifestError
 from bottle.mitm import policy as contract
 from bottle.mitm.policy import ENV_NAME_PATTERN, HTTP_METHODS, host_matches, is_ip_literal
@@ -242,6 +244,40 @@ MEMORY = OneOf(
     description="Memory limit, e.g. 4g (swap is disabled).",
 )
 
+DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+DNS_NAME = rf"{DNS_LABEL}(?:\.{DNS_LABEL})*"
+
+KUBERNETES = Obj(
+    description="Settings for the Kubernetes backend. Unset values follow the user's kubeconfig "
+    "(its current context and that context's namespace).",
+    fields={
+        "namespace": Field(Str(pattern=DNS_LABEL, max_length=63, expected="a namespace name such as agents",
+                               description="Namespace the bottle's objects are created in; "
+                               "`bottle start --namespace` overrides it.")),
+        "context": Field(Str(pattern=r"[^\s]+", max_length=253, expected="a kubeconfig context name",
+                             description="kubeconfig context to use; `bottle start --context` overrides it.")),
+        "credentials_secret": Field(
+            Str(pattern=DNS_NAME, max_length=253, expected="a Secret name such as agent-credentials",
+                description="An existing Secret in the namespace whose keys are the routes' token_ref "
+                "names; the proxy reads the real credentials from it instead of from bottle's environment."),
+        ),
+        "proxy_host_aliases": Field(
+            ListOf(
+                Obj(description="Names the proxy resolves to a fixed address (its /etc/hosts).", fields={
+                    "ip": Field(Str(pattern=r"[0-9A-Fa-f.:]{2,45}", expected="an IP address such as 10.0.0.7",
+                                    description="The address."), required=True),
+                    "hostnames": Field(ListOf(Str(pattern=DNS_NAME, max_length=253, normalize=_lower,
+                                                  expected="a DNS name such as git.internal.example"),
+                                              min_items=1, unique=True, description="Names for it."),
+                                       required=True),
+                }),
+                description="Fixed name-to-address entries for the egress proxy, e.g. for a private "
+                "server the cluster's DNS does not know (the proxy still applies every rule).",
+            ),
+        ),
+    },
+)
+
 MANIFEST_SCHEMA = Obj(
     description="A bottle manifest (version 1).",
     fields={
@@ -331,6 +367,8 @@ MANIFEST_SCHEMA = Obj(
         ),
         "git": Field(GIT),
         "github": Field(GITHUB),
+        "backend": Field(Str(choices=BACKENDS, description="Where the bottle runs (default docker); "
+                             "`bottle start --backend` overrides it.")),
         "docker": Field(
             Obj(
                 description="Settings for the Docker backend.",
@@ -344,6 +382,7 @@ MANIFEST_SCHEMA = Obj(
             ),
             default=dict,
         ),
+        "kubernetes": Field(KUBERNETES),
     },
 )
 
@@ -530,9 +569,21 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
             problems.append(Problem(("agent", "env", name), "a variable bottle does not set itself",
                                     f"{name}, which bottle sets to route traffic through the proxy"))
     problems.extend(_check_git(data))
+    for i, alias in enumerate(data.get("kubernetes", {}).get("proxy_host_aliases", [])):
+        if not _is_ip(alias["ip"]):
+            problems.append(Problem(("kubernetes", "proxy_host_aliases", i, "ip"), "an IP address such as 10.0.0.7",
+                                    f"string {alias['ip']!r}"))
     if data["agent"]["user"].split(":")[0] == "0":
         problems.append(Problem(("agent", "user"), "a non-root UID:GID", f"string {data['agent']['user']!r}"))
     return problems
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_git(data: Mapping[str, Any]) -> list[Problem]:

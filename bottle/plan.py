@@ -17,7 +17,7 @@ from typing import Any
 
 from bottle import __version__
 from bottle.manifest import Manifest
-from bottle.mitm.policy import AllowRule, GithubDeny, GitPolicy, GitRepository, Route
+from bottle.mitm.policy import AllowRule, GithubDeny, GitPolicy, GitRepository, Route, to_document
 
 PROXY_IMAGE = f"bottle/proxy:{__version__}"
 PROXY_IMAGE_ENV = "BOTTLE_PROXY_IMAGE"
@@ -34,8 +34,17 @@ SCANNER_PORT = 9090
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Resources:
     cpus: float
-    memory: str
+    memory: str | int
+    """As the manifest gives it: a size such as 512m or 4g (k, m, g are powers of 1024), or bytes."""
     pids: int
+
+    @property
+    def memory_bytes(self) -> int:
+        if isinstance(self.memory, int):
+            return self.memory
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+        suffix = self.memory[-1].lower()
+        return int(self.memory[:-1]) * units[suffix] if suffix in units else int(self.memory)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,6 +87,23 @@ class DockerOptions:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class HostAlias:
+    ip: str
+    hostnames: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KubernetesOptions:
+    """`kubernetes`: where the Kubernetes backend creates a bottle. None means the user's
+    kubeconfig decides (its current context, that context's namespace)."""
+
+    namespace: str | None = None
+    context: str | None = None
+    credentials_secret: str | None = None
+    proxy_host_aliases: tuple[HostAlias, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BottlePlan:
     """Everything one bottle is, before any backend turns it into resources."""
 
@@ -89,6 +115,7 @@ class BottlePlan:
     scanner: ScannerSpec
     proxy_image: str
     docker: DockerOptions
+    kubernetes: KubernetesOptions = KubernetesOptions()
     git: GitPolicy | None = None
     github_deny: tuple[GithubDeny, ...] = ()
 
@@ -131,7 +158,7 @@ def build_plan(
             env=tuple(sorted(agent["env"].items())),
             resources=Resources(
                 cpus=agent["resources"]["cpus"],
-                memory=_docker_memory(agent["resources"]["memory"]),
+                memory=agent["resources"]["memory"],
                 pids=agent["resources"]["pids"],
             ),
         ),
@@ -173,6 +200,7 @@ def build_plan(
                             responses=data["scanner"]["responses"]),
         proxy_image=proxy_image,
         docker=DockerOptions(egress_network=data["docker"].get("egress_network")),
+        kubernetes=_kubernetes_options(data.get("kubernetes", {})),
         git=_git_policy(data["git"]) if "git" in data else None,
         github_deny=tuple(
             GithubDeny(id=f"github.deny[{i}]", method=d.get("method"), path=d.get("path"),
@@ -196,11 +224,62 @@ def _git_policy(git: Mapping[str, Any]) -> GitPolicy:
     )
 
 
+def _kubernetes_options(kubernetes: Mapping[str, Any]) -> KubernetesOptions:
+    return KubernetesOptions(
+        namespace=kubernetes.get("namespace"),
+        context=kubernetes.get("context"),
+        credentials_secret=kubernetes.get("credentials_secret"),
+        proxy_host_aliases=tuple(
+            HostAlias(ip=alias["ip"], hostnames=tuple(alias["hostnames"]))
+            for alias in kubernetes.get("proxy_host_aliases", [])
+        ),
+    )
+
+
 def _optional_tuple(value: list[Any] | None) -> tuple[Any, ...] | None:
     return tuple(value) if value is not None else None
 
 
-def _docker_memory(value: str | int) -> str:
-    if isinstance(value, int):
-        return str(value)
-    return value.lower()
+# 2: the proxy's role is `proxy` (was `mitmproxy`), its image bottle/proxy, and
+#    `egress.rules` is `egress.allow` (docs/dry-run-json.md).
+DRY_RUN_SCHEMA_VERSION = 2
+
+
+def bottle_document(plan: BottlePlan, *, backend: str, memory: str) -> dict[str, Any]:
+    """The backend-agnostic head of the versioned dry-run JSON (docs/dry-run-json.md); each
+    backend's plan adds what it creates. `memory` is the agent's limit as that backend
+    writes it. Changing a field's meaning or removing one needs a new `schema_version`;
+    adding a field does not."""
+    return {
+        "schema_version": DRY_RUN_SCHEMA_VERSION,
+        "bottle": {
+            "name": plan.name,
+            "id": plan.bottle_id,
+            "manifest": plan.manifest,
+            "backend": backend,
+        },
+        "agent": {
+            "image": plan.agent.image,
+            "command": list(plan.agent.command),
+            "workdir": plan.agent.workdir,
+            "workspace": plan.agent.workspace,
+            "user": plan.agent.user,
+            "resources": {
+                "cpus": plan.agent.resources.cpus,
+                "memory": memory,
+                "pids": plan.agent.resources.pids,
+            },
+        },
+        "egress": {
+            "mode": plan.egress.mode,
+            "mitm": {"enabled": True, "ca_fingerprint": None},
+            "allow": to_document(plan.egress.allow),
+            "routes": [{**to_document(r), "token_present": r.token_ref in plan.egress.present_token_refs}
+                       for r in plan.egress.routes],
+            "upstream_ca": plan.egress.upstream_ca,
+            "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
+        },
+        "git": to_document(plan.git),
+        "github": {"deny": to_document(plan.github_deny)} if plan.github_deny else None,
+        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode, "responses": plan.scanner.responses},
+    }

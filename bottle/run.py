@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bottle import egresslog
-from bottle.backend.base import BottleBackend
+from bottle.backend.base import P, BottleBackend
 from bottle.egresslog import default_log_path
 from bottle.errors import LogError
 from bottle.launch.secrets import make_secrets
@@ -24,10 +24,11 @@ from bottle.signals import Terminated, signals_ignored, signals_raise
 __all__ = ["default_log_path", "run_bottle"]
 
 
-def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
+def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path | None = None,
                env: Mapping[str, str] | None = None) -> int:
+    """Launch `backend_plan` (made by `backend.plan()`) and run its agent; returns the exit code."""
     env = os.environ if env is None else env
-    plan = dplan.bottle
+    plan = backend_plan.bottle
     log_path = egress_log or default_log_path(plan.bottle_id, env)
     launch_secrets = make_secrets(plan.bottle_id, plan.egress.token_refs)
     for ref in plan.missing_credentials:
@@ -41,7 +42,7 @@ def run_bottle(dplan, backend: BottleBackend, *, egress_log: Path | None = None,
             # Released last, once the log is complete: `bottle logs -f` follows until then.
             stack.enter_context(egresslog.writing(log_path))
             print(f"bottle: starting {plan.bottle_id}", file=sys.stderr)
-            running = stack.enter_context(backend.launch(dplan, launch_secrets, env=env))
+            running = stack.enter_context(backend.launch(backend_plan, launch_secrets, env=env))
             print(f"bottle: mitm ca fingerprint: {launch_secrets.ca.short_fingerprint}…", file=sys.stderr)
             print(f"bottle: egress log: {log_path}", file=sys.stderr)
             stack.enter_context(backend.follow_egress_log(running, log_path))

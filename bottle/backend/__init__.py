@@ -1,0 +1,3 @@
+"""Backends turn a BottlePlan into running resources; bottle/cli.py picks one (`--backend`)."""
+
+BACKENDS = ("docker", "kubernetes")

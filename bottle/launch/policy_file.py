@@ -7,9 +7,12 @@ The format is the contract in bottle/mitm/policy.py: this module fills its types
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from bottle.errors import StartError
+from bottle.launch.secrets import LaunchSecrets
 from bottle.mitm.policy import Dns, Listen, Policy, ScannerConfig
-from bottle.plan import BottlePlan
+from bottle.plan import PROXY_PORT, BottlePlan
 
 SCANNER_TIMEOUT_SECONDS = 10.0
 SCANNER_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -49,3 +52,38 @@ def build_policy(
 def render_policy(plan: BottlePlan, **launch_facts) -> str:
     """The policy JSON the egress proxy enforces."""
     return build_policy(plan, **launch_facts).to_json()
+
+
+def proxy_files(plan: BottlePlan, secrets: LaunchSecrets, *, agent_ip: str, proxy_ip: str, scanner_url: str,
+                run_dir: str) -> dict[str, bytes]:
+    """What the proxy's `bottle.mitm.receive` takes once both addresses exist: the policy
+    (the agent as its only client; the proxy's own address for its listener and its DNS)
+    and the manifest's upstream CA, if any."""
+    upstream_ca = plan.egress.upstream_ca
+    files = {
+        "policy.json": render_policy(
+            plan,
+            clients=[agent_ip],
+            listen_host=proxy_ip,
+            listen_port=PROXY_PORT,
+            scanner_url=scanner_url,
+            scanner_token=secrets.scanner_token,
+            placeholders=secrets.placeholders,
+            upstream_ca_path=f"{run_dir}/upstream-ca.pem" if upstream_ca else None,
+            dns_host=proxy_ip,
+        ).encode(),
+    }
+    if upstream_ca:
+        files["upstream-ca.pem"] = read_upstream_ca(upstream_ca)
+    return files
+
+
+def read_upstream_ca(path: str) -> bytes:
+    """The manifest's `egress.upstream_ca`, shipped to the proxy as upstream-ca.pem."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise StartError(f"egress.upstream_ca: cannot read {path}: {e.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
+    return data

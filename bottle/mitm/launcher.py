@@ -1,6 +1,9 @@
 """Run mitmproxy with bottle's addons (bottle.mitm.addons) loaded in-process.
 
-    python -m bottle.mitm.launcher --policy PATH --confdir DIR [--wait-for-files SECONDS]
+    python -m bottle.mitm.launcher --policy PATH --confdir DIR [--ca FILE] [--wait-for-files SECONDS]
+
+`--ca FILE` uses a CA that is already mounted (a Kubernetes Secret) instead of one
+delivered into the confdir.
 
 SIGHUP re-reads the policy (a broken file keeps the old one), SIGTERM/SIGINT stop.
 `<confdir>/../status.json` tells the host when the proxy really serves.
@@ -79,6 +82,16 @@ def write_trust_bundle(policy: Policy, path: Path) -> Path:
         data += b"\n" + extra
     write_atomic(path, data, 0o644)
     return path
+
+
+def link_ca(ca: Path, confdir: Path) -> None:
+    """Point mitmproxy's CA file at a read-only mounted one; mitmproxy writes other files
+    into the confdir, so the confdir itself cannot be that mount."""
+    confdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = confdir / "mitmproxy-ca.pem"
+    if not target.is_symlink() or target.readlink() != ca:
+        target.unlink(missing_ok=True)
+        target.symlink_to(ca)
 
 
 def wait_for_files(paths: list[Path], seconds: float) -> None:
@@ -247,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bottle.mitm.launcher", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", required=True, type=Path)
     parser.add_argument("--confdir", required=True, type=Path)
+    parser.add_argument("--ca", type=Path, metavar="FILE")
     parser.add_argument("--wait-for-files", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args(argv)
     launcher = Launcher(args.policy, args.confdir)
+    if args.ca is not None:
+        link_ca(args.ca, args.confdir)
     # Importing mitmproxy takes most of a second; do it while the host is still
     # delivering the policy and CA, not after.
     import mitmproxy.master  # noqa: F401

@@ -4,7 +4,8 @@
 
 Accepts only mitmproxy-ca.pem, policy.json and upstream-ca.pem (regular files, no
 paths), writes each 0600 atomically, SIGHUPs a running launcher, then waits for
-status.json to report `serving` with the new policy's sha256.
+status.json to report `serving` with the new policy's sha256. mitmproxy-ca.pem may be
+left out when the proxy already has its CA (mounted from a Kubernetes Secret).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def destinations(root: Path) -> dict[str, Path]:
     }
 
 
-def read_members(stream: BinaryIO) -> dict[str, bytes]:
+def read_members(stream: BinaryIO, *, ca_present: bool = False) -> dict[str, bytes]:
     """Names to contents; anything but the expected plain files is an error."""
     allowed = destinations(Path("/")).keys()
     files: dict[str, bytes] = {}
@@ -55,7 +56,7 @@ def read_members(stream: BinaryIO) -> dict[str, bytes]:
                 files[name] = f.read() if f else b""
     except tarfile.TarError as e:
         raise ReceiveError(f"not a valid tar stream: {e}") from None
-    for required in ("mitmproxy-ca.pem", "policy.json"):
+    for required in ("policy.json",) if ca_present else ("mitmproxy-ca.pem", "policy.json"):
         if required not in files:
             raise ReceiveError(f"tar stream lacks {required}")
     return files
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     try:
-        files = read_members(sys.stdin.buffer)
+        files = read_members(sys.stdin.buffer, ca_present=destinations(args.dir)["mitmproxy-ca.pem"].exists())
         since = time.time() - 0.05
         write_files(args.dir, files)
         signal_launcher(args.dir)

@@ -8,6 +8,9 @@
 #                        -> BOTTLE_TEST_PIPELOCK_IMAGE, BOTTLE_PIPELOCK_BIN
 #   ensure_podman_images copy the images the Podman tests run from Docker's store into
 #                        Podman's (docker save | podman load), when missing or different
+#   ensure_all [podman] [kubernetes]  all of the above; with `podman` also rootful Podman
+#                        and its images; with `kubernetes` also the test node's binaries
+#                        (scripts/lib/k8s.sh; the Kubernetes tests start the node)
 # Tunables: BOTTLE_PULL_TIMEOUT (s, default 60), BOTTLE_PIPELOCK_IMAGE (use this image),
 #           BOTTLE_PIPELOCK_SOURCE (source archive; default ../shared/third_party/pipelock-*.tar.gz),
 #           BOTTLE_BUILD_CA (CA bundle passed as BuildKit secret build_ca,
@@ -15,6 +18,7 @@
 
 if [[ -n "${_BOTTLE_IMAGES_SH:-}" ]]; then return 0; fi
 _BOTTLE_IMAGES_SH=1
+source "$BOTTLE_ROOT/scripts/lib/k8s.sh"
 
 BOTTLE_VERSION="$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$BOTTLE_ROOT/bottle/__init__.py")"
 [[ -n "$BOTTLE_VERSION" ]] || BOTTLE_VERSION=0.1.0
@@ -277,7 +281,8 @@ ensure_podman_images() {
 }
 
 # Everything scripts/test and scripts/demo need, step by step (timed); with
-# --with-podman also Podman and its images (the Podman integration tests).
+# `podman` also Podman and its images, with `kubernetes` also the test node's
+# binaries (the Podman and Kubernetes integration tests).
 # Needs common.sh, engine.sh and this file sourced.
 ensure_all() {
     local start=$SECONDS
@@ -287,9 +292,12 @@ ensure_all() {
     step "bottle images"; ensure_images
     step "test images";   ensure_test_images
     step "pipelock";      ensure_pipelock
-    if [[ "${1:-}" == --with-podman ]]; then
+    if [[ " $* " == *" podman "* ]]; then
         step "podman";        ensure_podman
         step "podman images"; ensure_podman_images
+    fi
+    if [[ " $* " == *" kubernetes "* ]]; then
+        step "kubernetes test node (build)"; ensure_k8s_binaries
     fi
     step_done
     printf '==> setup done in %ss\n' "$((SECONDS - start))" >&2

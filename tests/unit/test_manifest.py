@@ -304,7 +304,7 @@ def errors_of(write_manifest, text: str) -> str:
             """
             - version: 1
             """,
-            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, git, github, docker; "
+            "M:1: (top level): expected a mapping with the keys version, name, agent, egress, scanner, git, github, backend, docker, kubernetes; "
             "found a list of 1 item",
             id="not-a-mapping",
         ),
@@ -545,9 +545,8 @@ def test_a_passthrough_rule_refuses_what_needs_decryption(write_manifest, text, 
 def test_the_dry_run_marks_a_passthrough_rule_unscanned(write_manifest):
     from bottle.backend.docker.plan import docker_plan
     from bottle.plan import build_plan
-    from bottle.preflight import render_preflight
 
     plan = build_plan(load_manifest(write_manifest(PASSTHROUGH)), env={}, run_id="abc123")
-    text = render_preflight(docker_plan(plan))
+    text = docker_plan(plan).render_text()
     assert ("  egress.allow[0]  pinned.example.com  ports 443  [TLS passthrough: not decrypted, nothing scanned]"
             in text.splitlines())

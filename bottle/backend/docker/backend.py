@@ -7,31 +7,29 @@ difference is handled here next to a comment saying why.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from bottle.backend.base import BottleBackend, RunningBottle
+from bottle.backend.base import KEEP_ENV, BottleBackend, RunningBottle, owner_alive, owner_label
 from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
+from bottle.backend.docker import engine as engines
 from bottle.backend.docker.engine import DOCKER, Engine
 from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
-from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
+from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
+from bottle.launch.tarball import tar_of as _tar
 from bottle.launch.secrets import LaunchSecrets
-from bottle.plan import PROXY_PORT, SCANNER_PORT
+from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
 
-KEEP_ENV = "BOTTLE_KEEP"
 READY_TIMEOUT = 60.0
 # Seconds the proxy waits for the agent's kernel to answer on the agent network.
 REACH_TIMEOUT = 3.0
@@ -85,32 +83,50 @@ grep -qF "$(sed -n 2p "$ca")" "$bundle"
 """
 
 
-def _tar(files: Mapping[str, bytes], *, mode: int = 0o400, uid: int = 0, gid: int = 0) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            info.mode = mode
-            info.uid, info.gid = uid, gid
-            info.mtime = int(time.time())
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
+    name = "docker"
 
-
-def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class DockerBackend(BottleBackend):
-    def __init__(self, docker: DockerCLI, *, env: Mapping[str, str] | None = None, engine: Engine = DOCKER) -> None:
-        self.docker = docker
+    def __init__(
+        self,
+        docker: DockerCLI | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        engine: Engine = DOCKER,
+        engine_note: str | None = None,
+    ) -> None:
+        self._docker = docker
         self.env = os.environ if env is None else env
         self.engine = engine
+        self.engine_note = engine_note
+
+    @classmethod
+    def from_environment(
+        cls, env: Mapping[str, str] | None = None, *, engine: str | None = None, planning: bool = False
+    ) -> DockerBackend:
+        """The backend for the engine asked for (`--engine`, `$BOTTLE_ENGINE`) or found.
+        `planning` (a dry-run) touches no engine it cannot ask and refuses nothing: the
+        plan says which engine it assumed and whether start would refuse it."""
+        env = os.environ if env is None else env
+        if planning:
+            name, note = engines.plan_engine(engine, env)
+            return cls(env=env, engine=Engine(name=name), engine_note=note)
+        docker, found = engines.resolve_engine(engine, env)
+        engines.require_supported(found)
+        return cls(docker, env=env, engine=found)
+
+    @property
+    def docker(self) -> DockerCLI:
+        # Found on first use, so a dry-run works where no engine client is installed.
+        if self._docker is None:
+            self._docker = engines.client_for(self.engine.name, self.env)
+        return self._docker
 
     @property
     def podman(self) -> bool:
         return self.engine.name == "podman"
+
+    def plan(self, bottle: BottlePlan) -> dp.DockerBottlePlan:
+        return dp.docker_plan(bottle, self.engine.name, engine_note=self.engine_note)
 
     # -- launch -------------------------------------------------------------------
 
@@ -173,20 +189,9 @@ class DockerBackend(BottleBackend):
             reach.result()
             files = {
                 "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
-                "policy.json": render_policy(
-                    plan.bottle,
-                    clients=[agent_ip],
-                    listen_host=proxy_ip,
-                    listen_port=PROXY_PORT,
-                    scanner_url=f"http://{scanner}:{SCANNER_PORT}/api/v1/scan",
-                    scanner_token=secrets.scanner_token,
-                    placeholders=secrets.placeholders,
-                    upstream_ca_path=f"{dp.RUN_DIR}/upstream-ca.pem" if plan.bottle.egress.upstream_ca else None,
-                    dns_host=proxy_ip,
-                ).encode(),
+                **proxy_files(plan.bottle, secrets, agent_ip=agent_ip, proxy_ip=proxy_ip, run_dir=dp.RUN_DIR,
+                              scanner_url=f"http://{scanner}:{SCANNER_PORT}/api/v1/scan"),
             }
-            if plan.bottle.egress.upstream_ca:
-                files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
             self._deliver_to_proxy(proxy.name, files)
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,
@@ -442,7 +447,7 @@ class DockerBackend(BottleBackend):
         for kind in ("container", "volume", "network"):
             for name, labels in self._managed(kind):
                 bottle_id, owner = labels.get(dp.BOTTLE_LABEL, ""), labels.get(dp.OWNER_LABEL, "")
-                if not remove_running and _owner_alive(owner):
+                if not remove_running and owner_alive(owner):
                     echo(f"skipping {kind} {name}: its bottle {bottle_id} is still running ({owner}); use --all")
                     continue
                 echo(f"{'would remove' if dry_run else 'removing'} {kind} {name}")
@@ -471,33 +476,10 @@ class DockerBackend(BottleBackend):
         return found
 
 
-def _owner_alive(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _substitute(value: str, substitutions: Mapping[str, str]) -> str:
     for marker, replacement in substitutions.items():
         value = value.replace(marker, replacement)
     return value
-
-
-def _read_upstream_ca(path: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise StartError(f"egress.upstream_ca: cannot read {path}: {e.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise StartError(f"egress.upstream_ca: {path} holds no PEM certificate")
-    return data
 
 
 class _Created:

@@ -16,32 +16,27 @@ from __future__ import annotations
 import dataclasses
 
 from bottle import __version__
-from bottle.mitm.policy import to_document
-from bottle.plan import PROXY_PORT, BottlePlan
-
-LABEL_PREFIX = "dev.bottle"
-MANAGED_LABEL = f"{LABEL_PREFIX}.managed"
-BOTTLE_LABEL = f"{LABEL_PREFIX}.bottle"
-ROLE_LABEL = f"{LABEL_PREFIX}.role"
-OWNER_LABEL = f"{LABEL_PREFIX}.owner"
-
-PROXY_IP = "<proxy-ip>"
-OWNER = "<host:pid>"
+from bottle.backend.base import (  # noqa: F401 (the Docker backend reads these here)
+    BOTTLE_LABEL,
+    MANAGED_LABEL,
+    OWNER,
+    OWNER_LABEL,
+    PROXY_IP,
+    VERSION_LABEL,
+    agent_environment,
+    bottle_labels,
+    placeholder_marker,
+)
+from bottle.plan import BottlePlan, bottle_document
 
 PROXY_UID = "10001:10001"
 PIPELOCK_UID = "65534:65534"
 RUN_DIR = "/run/bottle"
 PIPELOCK_CONFIG_DIR = "/etc/pipelock"
 PIPELOCK_CONFIG_FILE = f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml"
-AGENT_CA_FILE = "/usr/local/share/ca-certificates/bottle-egress-ca.crt"
-AGENT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 PIPELOCK_ALIAS = "pipelock"
 PROXY_ALIAS = "proxy"
 PIPELOCK_MAIN_LISTEN = "127.0.0.1:8888"
-
-
-def placeholder_marker(token_ref: str) -> str:
-    return f"<placeholder:{token_ref}>"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,6 +130,8 @@ class DockerBottlePlan:
     volumes: tuple[VolumeSpec, ...]
     containers: tuple[ContainerSpec, ...]
     engine: str = "docker"
+    # How the engine was chosen when that was a guess (dry-run text only).
+    engine_note: str | None = dataclasses.field(default=None, compare=False)
 
     def container(self, role: str) -> ContainerSpec:
         return next(c for c in self.containers if c.role == role)
@@ -150,6 +147,12 @@ class DockerBottlePlan:
         """The `bottle start --dry-run --format=json` document (see docs/dry-run-json.md)."""
         return plan_document(self)
 
+    def render_text(self) -> str:
+        """What `bottle start --dry-run` prints."""
+        from bottle.backend.docker.preflight import render_preflight
+
+        return render_preflight(self, note=self.engine_note)
+
     @property
     def teardown(self) -> tuple[tuple[str, str], ...]:
         """What teardown removes, in order: containers (last started first), volumes, networks."""
@@ -160,14 +163,13 @@ class DockerBottlePlan:
         )
 
 
+def docker_memory(value: str | int) -> str:
+    """The manifest's size as `docker create --memory` takes it."""
+    return str(value) if isinstance(value, int) else value.lower()
+
+
 def labels_for(plan: BottlePlan, role: str) -> tuple[tuple[str, str], ...]:
-    return (
-        (MANAGED_LABEL, "true"),
-        (BOTTLE_LABEL, plan.bottle_id),
-        (ROLE_LABEL, role),
-        (OWNER_LABEL, OWNER),
-        (f"{LABEL_PREFIX}.version", __version__),
-    )
+    return (*bottle_labels(plan, role), (OWNER_LABEL, OWNER), (VERSION_LABEL, __version__))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -215,7 +217,7 @@ ENGINE_OPTIONS = {
 }
 
 
-def docker_plan(plan: BottlePlan, engine: str = "docker") -> DockerBottlePlan:
+def docker_plan(plan: BottlePlan, engine: str = "docker", *, engine_note: str | None = None) -> DockerBottlePlan:
     bid = plan.bottle_id
     opts = ENGINE_OPTIONS[engine]
     # Without a name server on the internal networks, nothing is found by alias there:
@@ -288,24 +290,7 @@ def docker_plan(plan: BottlePlan, engine: str = "docker") -> DockerBottlePlan:
         labels=labels_for(plan, "proxy"),
     )
     agent = plan.agent
-    proxy_url = f"http://{PROXY_IP}:{PROXY_PORT}"
-    agent_env = [
-        EnvVar(name="HTTPS_PROXY", value=proxy_url),
-        EnvVar(name="https_proxy", value=proxy_url),
-        EnvVar(name="HTTP_PROXY", value=proxy_url),
-        EnvVar(name="http_proxy", value=proxy_url),
-        EnvVar(name="NO_PROXY", value="localhost,127.0.0.1,::1"),
-        EnvVar(name="no_proxy", value="localhost,127.0.0.1,::1"),
-        EnvVar(name="NODE_USE_ENV_PROXY", value="1"),
-        EnvVar(name="SSL_CERT_FILE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="REQUESTS_CA_BUNDLE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="CURL_CA_BUNDLE", value=AGENT_CA_BUNDLE),
-        EnvVar(name="GIT_SSL_CAINFO", value=AGENT_CA_BUNDLE),
-        EnvVar(name="PIP_CERT", value=AGENT_CA_BUNDLE),
-        EnvVar(name="NODE_EXTRA_CA_CERTS", value=AGENT_CA_FILE),
-        *(EnvVar(name=ref, value=placeholder_marker(ref)) for ref in plan.egress.token_refs),
-        *(EnvVar(name=k, value=v) for k, v in agent.env),
-    ]
+    agent_env = [EnvVar(name=name, value=value) for name, value in agent_environment(plan)]
     mounts = []
     if agent.workspace:
         mounts.append(Mount(type="bind", source=agent.workspace, target=agent.workdir))
@@ -328,7 +313,7 @@ def docker_plan(plan: BottlePlan, engine: str = "docker") -> DockerBottlePlan:
         sysctls=opts.no_ipv6,
         dns=(PROXY_IP,),
         cpus=agent.resources.cpus,
-        memory=agent.resources.memory,
+        memory=docker_memory(agent.resources.memory),
         pids=agent.resources.pids,
         labels=labels_for(plan, "agent"),
     )
@@ -338,6 +323,7 @@ def docker_plan(plan: BottlePlan, engine: str = "docker") -> DockerBottlePlan:
         volumes=(config_volume,),
         containers=(pipelock, proxy, agent_container),
         engine=engine,
+        engine_note=engine_note,
     )
 
 
@@ -411,48 +397,18 @@ def connect_argv(container: ContainerSpec) -> list[list[str]]:
     return out
 
 
-# 2: the proxy's role is `proxy` (was `mitmproxy`), its image bottle/proxy, and
-#    `egress.rules` is `egress.allow` (docs/dry-run-json.md).
-DRY_RUN_SCHEMA_VERSION = 2
+def document_head(plan: BottlePlan, engine: str) -> dict:
+    head = bottle_document(plan, backend="docker", memory=docker_memory(plan.agent.resources.memory))
+    head["bottle"]["engine"] = engine
+    return head
 
 
 def plan_document(dplan: DockerBottlePlan) -> dict:
-    """The versioned dry-run JSON contract. Changing a field's meaning or removing one
-    needs a new `schema_version`; adding a field does not."""
+    """The versioned dry-run JSON contract (docs/dry-run-json.md): the bottle, then the
+    networks, volumes and containers Docker is asked for."""
     plan = dplan.bottle
     return {
-        "schema_version": DRY_RUN_SCHEMA_VERSION,
-        "bottle": {
-            "name": plan.name,
-            "id": plan.bottle_id,
-            "manifest": plan.manifest,
-            "backend": "docker",
-            "engine": dplan.engine,
-        },
-        "agent": {
-            "image": plan.agent.image,
-            "command": list(plan.agent.command),
-            "workdir": plan.agent.workdir,
-            "workspace": plan.agent.workspace,
-            "user": plan.agent.user,
-            "resources": {
-                "cpus": plan.agent.resources.cpus,
-                "memory": plan.agent.resources.memory,
-                "pids": plan.agent.resources.pids,
-            },
-        },
-        "egress": {
-            "mode": plan.egress.mode,
-            "mitm": {"enabled": True, "ca_fingerprint": None},
-            "allow": to_document(plan.egress.allow),
-            "routes": [{**to_document(r), "token_present": r.token_ref in plan.egress.present_token_refs}
-                       for r in plan.egress.routes],
-            "upstream_ca": plan.egress.upstream_ca,
-            "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
-        },
-        "git": to_document(plan.git),
-        "github": {"deny": to_document(plan.github_deny)} if plan.github_deny else None,
-        "scanner": {"image": plan.scanner.image, "mode": plan.scanner.mode, "responses": plan.scanner.responses},
+        **document_head(plan, dplan.engine),
         "networks": [
             {
                 "role": n.role,

@@ -1,0 +1,3 @@
+module bottle.example/k8s-node/pause
+
+go 1.24.0
