@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Warm start time of `bottle start` on Docker, against a bare `docker run`.
+"""Warm start and teardown time of `bottle start` on Docker, against the engine's floor.
 
 Each run's agent command is `sh -c 'date +%s.%N'`: the timestamp it prints is when the
 agent command ran. Per run we take
@@ -8,11 +8,18 @@ agent command ran. Per run we take
   teardown    process exit - agent timestamp (the command exits right after printing)
   total       process exit - spawn
 
-for R runs of `python -m bottle start <minimal manifest> -- sh -c 'date +%s.%N'` and R runs
-of `docker run --rm bottle/agent:0.1.0 sh -c 'date +%s.%N'`, interleaved, after one
-unmeasured warm-up run of each. Reports medians and bottle/docker ratios (target for
-to_command <= 2x). For bottle it also times its stderr milestones ("starting",
-"torn down"). Writes benchmarks/results/start_time.json.
+for R runs each, interleaved, after one unmeasured warm-up run of each, of
+
+  bottle      `python -m bottle start <minimal manifest> -- sh -c 'date +%s.%N'`
+  floor       benchmarks/start_floor.sh: the same client makes the same three networks and
+              three containers from the same images with everything in parallel and nothing
+              checked, execs the command in the agent, removes it all
+  docker_run  `docker run --rm <agent image> sh -c 'date +%s.%N'` (one container, for scale)
+
+After every bottle run it counts what is left with bottle's labels (target: 0).
+Targets (issue 13): bottle's to_command <= 1.3 x the floor's; bottle's teardown <= 1.0 s.
+For bottle it also times its stderr milestones ("starting", "torn down").
+Writes benchmarks/results/start_time.json.
 
     python benchmarks/start_time.py [--runs R] [--out PATH]
 
@@ -38,7 +45,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.3
+TARGET_TEARDOWN_S = 1.0
 AGENT_CMD = ["sh", "-c", "date +%s.%N"]
 MILESTONES = {"bottle: starting ": "starting", "bottle: egress log: ": "egress_log", "bottle: torn down": "torn_down"}
 
@@ -81,7 +89,19 @@ def timed_run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float) -
         for prefix, name in MILESTONES.items():
             if line.startswith(prefix):
                 run[f"{name}_at_s"] = t - start
+        if line.startswith("bottle: starting "):
+            run["bottle_id"] = line.split()[2]
     return run
+
+
+def count_leftovers(docker: str, bottle_id: str) -> int:
+    """Containers, networks and volumes of this bottle still there after its run."""
+    total = 0
+    for listing in (["ps", "--all", "-q"], ["network", "ls", "-q"], ["volume", "ls", "-q"]):
+        out = subprocess.run([docker, *listing, "--filter", f"label=dev.bottle.bottle={bottle_id}"],
+                             capture_output=True, text=True, timeout=60).stdout
+        total += sum(1 for line in out.splitlines() if line.strip())
+    return total
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -126,21 +146,25 @@ def main() -> int:
     env["BOTTLE_DOCKER"] = docker
     bottle_argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp / "egress.jsonl"),
                    str(manifest), "--", *AGENT_CMD]
+    floor_argv = [str(REPO / "benchmarks/start_floor.sh"), scanner_image, proxy_image(os.environ), agent_image,
+                  "--", *AGENT_CMD]
     docker_argv = [docker, "run", "--rm", agent_image, *AGENT_CMD]
+    contenders = {"floor": floor_argv, "bottle": bottle_argv, "docker_run": docker_argv}
 
-    results: dict = {"bottle": [], "docker_run": []}
+    results: dict = {name: [] for name in contenders}
+    leftovers: list[int] = []
     try:
         print(f"start_time: warm-up, then {args.runs} runs each (interleaved)", file=sys.stderr, flush=True)
-        timed_run(docker_argv, env, tmp, args.timeout)
-        timed_run(bottle_argv, env, tmp, args.timeout)
+        for argv in contenders.values():
+            timed_run(argv, env, tmp, args.timeout)
         for i in range(args.runs):
-            d = timed_run(docker_argv, env, tmp, args.timeout)
-            b = timed_run(bottle_argv, env, tmp, args.timeout)
-            results["docker_run"].append(d)
-            results["bottle"].append(b)
-            print(f"  run {i + 1}: docker run {d['to_command_s']:.2f}s to command, {d['total_s']:.2f}s total | "
+            for name, argv in contenders.items():
+                results[name].append(timed_run(argv, env, tmp, args.timeout))
+            leftovers.append(count_leftovers(docker, results["bottle"][-1].pop("bottle_id")))
+            f, b = results["floor"][-1], results["bottle"][-1]
+            print(f"  run {i + 1}: floor {f['to_command_s']:.2f}s to command, {f['teardown_s']:.2f}s teardown | "
                   f"bottle {b['to_command_s']:.2f}s to command, {b['teardown_s']:.2f}s teardown, "
-                  f"{b['total_s']:.2f}s total", file=sys.stderr, flush=True)
+                  f"{leftovers[-1]} left over", file=sys.stderr, flush=True)
     except Exception as e:
         print(f"start_time: error: {e}", file=sys.stderr)
         return 1
@@ -148,33 +172,41 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: summarize(v) for k, v in results.items()}
-    ratio_cmd = med["bottle"]["to_command_s"] / med["docker_run"]["to_command_s"]
-    ratio_total = med["bottle"]["total_s"] / med["docker_run"]["total_s"]
+    ratio_cmd = med["bottle"]["to_command_s"] / med["floor"]["to_command_s"]
+    teardown = med["bottle"]["teardown_s"]
+    targets = {
+        "to_command": {"ratio_to_floor": ratio_cmd, "target": TARGET_RATIO, "pass": ratio_cmd <= TARGET_RATIO},
+        "teardown": {"seconds": teardown, "target": TARGET_TEARDOWN_S, "leftovers": max(leftovers),
+                     "pass": teardown <= TARGET_TEARDOWN_S and max(leftovers) == 0},
+    }
     out = {
         "runs": results,
         "median": med,
-        "ratio": {"to_command": ratio_cmd, "total": ratio_total},
-        "target": {"metric": "to_command", "ratio": ratio_cmd, "target": TARGET_RATIO, "pass": ratio_cmd <= TARGET_RATIO},
+        "leftovers_after_each_bottle": leftovers,
+        "targets": targets,
         "meta": {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "runs": args.runs, "scanner_image": scanner_image, "agent_image": agent_image,
+            "proxy_image": proxy_image(os.environ),
             "docker": subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], capture_output=True,
                                      text=True, timeout=30).stdout.strip(),
         },
     }
     print()
     print(f"{'median of ' + str(args.runs):14s} {'to command':>11s} {'teardown':>9s} {'total':>8s}")
-    for name in ("docker_run", "bottle"):
+    for name in contenders:
         m = med[name]
         print(f"{name:14s} {m['to_command_s']:10.2f}s {m['teardown_s']:8.2f}s {m['total_s']:7.2f}s")
-    print(f"{'ratio':14s} {ratio_cmd:10.2f}x {'':9s} {ratio_total:7.2f}x")
     if "starting_at_s" in med["bottle"]:
         print(f"bottle milestones (median, from spawn): 'starting' {med['bottle']['starting_at_s']:.2f}s, "
               f"'egress log' {med['bottle'].get('egress_log_at_s', float('nan')):.2f}s, "
               f"'torn down' {med['bottle'].get('torn_down_at_s', float('nan')):.2f}s")
-    print(f"\ntarget: bottle time to agent command = {ratio_cmd:.2f} x docker run (<= {TARGET_RATIO}): "
-          f"{'PASS' if ratio_cmd <= TARGET_RATIO else 'FAIL'}")
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    print(f"\ntarget: bottle time to agent command = {ratio_cmd:.2f} x the floor (<= {TARGET_RATIO}): "
+          f"{verdict(targets['to_command']['pass'])}")
+    print(f"target: bottle teardown {teardown:.2f}s (<= {TARGET_TEARDOWN_S:g}s) with {max(leftovers)} objects "
+          f"left over (0): {verdict(targets['teardown']['pass'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -19,6 +19,7 @@ for _name in ("SSLKEYLOGFILE", "MITMPROXY_SSLKEYLOGFILE"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -29,6 +30,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bottle.mitm.policy import Policy, PolicyError, parse_policy  # noqa: E402
+from bottle.mitm.receive import WAITING_DIR  # noqa: E402
 from bottle.mitm.state import Runtime  # noqa: E402
 from bottle.mitm.upstream import GuardedEventLoop  # noqa: E402
 
@@ -46,6 +48,11 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 def write_status(path: Path, state: str, policy_sha256: str | None, error: str | None) -> None:
     body = {"state": state, "policy_sha256": policy_sha256, "error": error, "pid": os.getpid()}
     write_atomic(path, (json.dumps(body) + "\n").encode(), 0o644)
+    # Wake whoever waits for this (bottle.mitm.receive), instead of letting them poll.
+    waiting = path.parent / WAITING_DIR
+    for name in os.listdir(waiting) if waiting.is_dir() else ():
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(name), signal.SIGUSR1)
 
 
 def log_event(**fields: Any) -> None:
@@ -95,12 +102,16 @@ def link_ca(ca: Path, confdir: Path) -> None:
 
 
 def wait_for_files(paths: list[Path], seconds: float) -> None:
+    """Wait until every path exists. bottle.mitm.receive SIGHUPs the pid in launcher.pid
+    once it has written them (SIGHUP is blocked, see main); the timeout only bounds a
+    missed wake-up."""
     deadline = time.monotonic() + seconds
     while not all(p.exists() for p in paths):
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             missing = ", ".join(str(p) for p in paths if not p.exists())
             raise FileNotFoundError(f"still missing after {seconds:g}s: {missing}")
-        time.sleep(0.1)
+        signal.sigtimedwait({signal.SIGHUP}, min(remaining, 1.0))
 
 
 class Launcher:
@@ -164,6 +175,8 @@ class Launcher:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGTERM, self.master.shutdown)
         loop.add_signal_handler(signal.SIGINT, self.master.shutdown)
+        # Blocked since main; one that arrived meanwhile is delivered now, as a reload.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         (self.state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
 
         if self.policy.dns is not None:
@@ -196,6 +209,10 @@ class Launcher:
     def reload(self) -> None:
         try:
             policy, sha = read_policy(self.policy_path)
+            if sha == self.sha256:
+                # The policy being served (e.g. a wake-up SIGHUP that came late): nothing to do.
+                write_status(self.status_path, "serving", sha, None)
+                return
             if policy.listen != self.policy.listen or policy.dns != self.policy.dns:
                 raise PolicyError("listen and dns cannot change on reload; restart the proxy")
             if policy.upstream_ca != self.policy.upstream_ca:
@@ -266,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     launcher = Launcher(args.policy, args.confdir)
     if args.ca is not None:
         link_ca(args.ca, args.confdir)
+    # SIGHUP wakes the wait for files below and later reloads the policy; until run()
+    # handles it, it stays blocked (pending, not fatal).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    with contextlib.suppress(OSError):
+        (launcher.state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
     # Importing mitmproxy takes most of a second; do it while the host is still
     # delivering the policy and CA, not after.
     import mitmproxy.master  # noqa: F401
@@ -278,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:
         return launcher._fail(str(e))
+    # A wake-up that came while the files were being checked is not a reload: run() reads
+    # them after this.
+    while signal.sigtimedwait({signal.SIGHUP}, 0) is not None:
+        pass
     with asyncio.Runner(loop_factory=GuardedEventLoop) as runner:
         return runner.run(launcher.run())
 

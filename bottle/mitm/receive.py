@@ -1,27 +1,41 @@
 """Receive the proxy's secrets as a tar stream on stdin, so the CA key never touches host disk.
 
-    python -m bottle.mitm.receive --dir /run/bottle [--timeout 30]
+    python -m bottle.mitm.receive --dir /run/bottle [--timeout 30] [--reach ADDRESS]
 
 Accepts only mitmproxy-ca.pem, policy.json and upstream-ca.pem (regular files, no
 paths), writes each 0600 atomically, SIGHUPs a running launcher, then waits for
 status.json to report `serving` with the new policy's sha256. mitmproxy-ca.pem may be
 left out when the proxy already has its CA (mounted from a Kubernetes Secret).
+
+--reach first checks that packets pass between the proxy and ADDRESS (the agent): a
+connection to a port nothing listens on must be refused (or accepted), not time out;
+a timeout means something on the host drops them. It exits 3 then, so the host can say
+what to fix. Doing it here saves the host a second exec and Python start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import tarfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import BinaryIO
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+# What `--reach` fails with: nothing to do with the files, everything with the host.
+EXIT_UNREACHABLE = 3
+UNUSED_PORT = 9  # discard: nothing in the agent listens on it
+# Under --dir: one empty file per process waiting for status.json, named by its pid;
+# the launcher SIGUSR1s each when it writes status.json.
+WAITING_DIR = "waiting"
 
 
 class ReceiveError(Exception):
@@ -85,7 +99,9 @@ def signal_launcher(root: Path) -> bool:
 
 
 def wait_for_status(root: Path, sha256: str, timeout: float, since: float) -> None:
-    """Wait for `serving` with sha256; an `error` written after `since` ends the wait."""
+    """Wait for `serving` with sha256; an `error` written after `since` ends the wait.
+    The launcher SIGUSR1s every pid in waiting/ when it writes status.json (SIGUSR1 is
+    blocked here, see main); the timeout only bounds a missed wake-up."""
     deadline = time.monotonic() + timeout
     status_path = root / "status.json"
     while True:
@@ -98,25 +114,67 @@ def wait_for_status(root: Path, sha256: str, timeout: float, since: float) -> No
             return
         if status.get("state") == "error" and written >= since:
             raise ReceiveError(f"proxy reported an error: {status.get('error')}")
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             raise ReceiveError(f"proxy did not report serving policy sha256 {sha256[:12]} within {timeout:g}s")
-        time.sleep(0.1)
+        signal.sigtimedwait({signal.SIGUSR1}, min(remaining, 0.5))
+
+
+def check_reach(address: str, timeout: float, port: int = UNUSED_PORT) -> None:
+    """Raise OSError unless a connection to `address` is refused or accepted in time."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect((address, port))
+        except ConnectionRefusedError:
+            pass
+
+
+@contextlib.contextmanager
+def woken_by(signum: int) -> Iterator[None]:
+    """Hold `signum` pending for sigtimedwait instead of letting it kill the process.
+    Ignored but blocked, it still queues; on the way out, whatever is pending is dropped."""
+    previous = signal.signal(signum, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signum, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bottle.mitm.receive", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--reach", metavar="ADDRESS")
+    parser.add_argument("--reach-timeout", type=float, default=3.0, metavar="SECONDS")
     args = parser.parse_args(argv)
+    if args.reach:
+        try:
+            check_reach(args.reach, args.reach_timeout)
+        except OSError as e:
+            print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return EXIT_UNREACHABLE
+    waiting = args.dir / WAITING_DIR / str(os.getpid())
+    with woken_by(signal.SIGUSR1):
+        return _receive(args, waiting)
+
+
+def _receive(args: argparse.Namespace, waiting: Path) -> int:
     try:
         files = read_members(sys.stdin.buffer, ca_present=destinations(args.dir)["mitmproxy-ca.pem"].exists())
         since = time.time() - 0.05
+        waiting.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        waiting.touch()
         write_files(args.dir, files)
         signal_launcher(args.dir)
         wait_for_status(args.dir, hashlib.sha256(files["policy.json"]).hexdigest(), args.timeout, since)
     except (ReceiveError, OSError) as e:
         print(f"bottle: receiving proxy files failed: {e}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        waiting.unlink(missing_ok=True)
     print("bottle: proxy files received; proxy is serving the new policy", file=sys.stderr, flush=True)
     return 0
 

@@ -7,6 +7,7 @@ Standard. The node starts with this module and is torn down after it."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -37,7 +38,7 @@ RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"
 
 
 @pytest.fixture(scope="module")
-def node(engine, pipelock_image) -> Api:
+def node(docker_engine, pipelock_image) -> Api:
     if os.geteuid() != 0:
         missing("the test node needs root: it runs a kubelet, a containerd and kube-router")
     try:
@@ -79,7 +80,7 @@ def restricted_pod(name: str, image: str, *, args: list[str], user: int = 1000, 
             "securityContext": {"runAsNonRoot": True, "runAsUser": user, "runAsGroup": user,
                                 "seccompProfile": {"type": "RuntimeDefault"}, **spec.pop("security", {})},
             "containers": [{"name": "main", "image": image, "imagePullPolicy": "IfNotPresent", "args": args,
-                            "securityContext": RESTRICTED, **spec.pop("container", {})}],
+                            "securityContext": copy.deepcopy(RESTRICTED), **spec.pop("container", {})}],
             **spec,
         },
     }

@@ -435,9 +435,9 @@ def test_a_100_mb_fast_forward_push_streams_through_a_proxy_under_150_mb(git_wor
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the push never finished"
             time.sleep(0.2)
-        out = docker("ps", "--filter", "label=dev.bottle.managed=true", "--format",
-                     '{{.Label "dev.bottle.role"}} {{.Names}}').stdout.decode()
-        proxy = next(name for role, name in (line.split() for line in out.splitlines()) if "proxy" in role)
+        # This bottle's proxy only: other bottles may run on the same engine.
+        proxy = docker("ps", "--filter", "label=dev.bottle.managed=true", "--filter", "label=dev.bottle.role=proxy",
+                       "--filter", "name=bottle-gitbig-", "--format", "{{.Names}}").stdout.decode().split()[0]
         status = docker("exec", proxy, "sh", "-c", "cat /proc/[0-9]*/status").stdout.decode()
         peak_kib = max(int(m) for m in re.findall(r"^VmHWM:\s+(\d+) kB", status, re.M))
         (workspace / "go").write_text("go\n")

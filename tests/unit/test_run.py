@@ -290,9 +290,10 @@ def test_on_docker_pipelock_is_reached_by_its_alias(tmp_path):
 def test_an_agent_network_that_drops_traffic_stops_the_start_with_a_tip(tmp_path):
     class Dropping(FakeDocker):
         def run(self, args, *, check=True, **kwargs):
-            if args[:2] == ["exec", "bottle-claude-abc123-proxy"] and "-c" in args:
+            if "bottle.mitm.receive" in args and "--reach" in args:
+                # What bottle.mitm.receive --reach says when its probe of the agent times out.
                 self.calls.append(list(args))
-                return subprocess.CompletedProcess(args, 1, b"", b"TimeoutError: timed out")
+                return subprocess.CompletedProcess(args, 3, b"", b"TimeoutError: timed out\n")
             return super().run(args, check=check, **kwargs)
 
     docker = Dropping(fail_on="nothing-fails")
@@ -305,7 +306,8 @@ def test_an_agent_network_that_drops_traffic_stops_the_start_with_a_tip(tmp_path
         "bridges; allow bridged traffic on them in Docker's DOCKER-USER chain: iptables -I DOCKER-USER -i "
         "podman+ -o podman+ -m physdev --physdev-is-bridged -j ACCEPT"
     )
-    assert not [c for c in docker.calls if "bottle.mitm.receive" in c]  # never started serving
+    receive_call = next(c for c in docker.calls if "bottle.mitm.receive" in c)
+    assert receive_call[receive_call.index("--reach") + 1] == "172.30.0.2"  # the agent's address (FakeDocker)
     assert "bottle-claude-abc123-agent" in removals(docker)
 
 

@@ -26,6 +26,7 @@ from bottle.errors import BackendError, StartError
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
 from bottle.launch.tarball import tar_of as _tar
+from bottle.mitm.receive import EXIT_UNREACHABLE
 from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
@@ -34,20 +35,6 @@ READY_TIMEOUT = 60.0
 # Seconds the proxy waits for the agent's kernel to answer on the agent network.
 REACH_TIMEOUT = 3.0
 
-# Run in the proxy: connect to the agent on a port nothing listens on. A refusal (or an
-# accepted connection) proves that packets pass between them; a timeout means something
-# on the host drops them (docs/prds/0007-podman.md).
-REACH_SCRIPT = r"""
-import socket, sys
-s = socket.socket()
-s.settimeout(float(sys.argv[2]))
-try:
-    s.connect((sys.argv[1], 9))
-except ConnectionRefusedError:
-    pass
-except OSError as e:
-    sys.exit(f"{type(e).__name__}: {e}")
-"""
 # What the engines say when a create names an image they do not have and cannot pull.
 MISSING_IMAGE = (
     "Unable to find image", "No such image", "pull access denied",  # Docker
@@ -173,26 +160,24 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         with _Workers(stop=created.stopping) as workers:
             scanner_host = workers.submit(self._start_scanner, plan, pipelock, secrets, substitutions, created)
             self._create(proxy, substitutions, created, env=env)
-            for argv in dp.connect_argv(proxy):
-                self.docker.run(argv)
+            for connect in [workers.submit(self.docker.run, argv) for argv in dp.connect_argv(proxy)]:
+                connect.result()
             self._start_container(proxy.name)
             proxy_ip = self._address(proxy.name, agent_network)
             substitutions[dp.PROXY_IP] = proxy_ip
             self._create(agent, substitutions, created)
             self._start_container(agent.name)
             agent_ip = self._address(agent.name, agent_network)
-            # The CA goes into the agent's trust store while the proxy starts serving;
-            # the agent command itself only runs after both.
+            # The CA goes into the agent's trust store while the proxy gets its policy and
+            # starts serving; the agent command itself only runs after both.
             workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
-            reach = workers.submit(self._check_reach, proxy.name, agent_ip, agent_network)
             scanner = scanner_host.result()
-            reach.result()
             files = {
                 "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
                 **proxy_files(plan.bottle, secrets, agent_ip=agent_ip, proxy_ip=proxy_ip, run_dir=dp.RUN_DIR,
                               scanner_url=f"http://{scanner}:{SCANNER_PORT}/api/v1/scan"),
             }
-            self._deliver_to_proxy(proxy.name, files)
+            self._deliver_to_proxy(proxy.name, files, agent_ip=agent_ip, agent_network=agent_network)
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,
             agent=agent.name,
@@ -277,10 +262,15 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
 
     def _teardown(self, created: _Created, keep: bool) -> None:
         created.stopping.set()
-        for kind in ("container", "volume", "network"):
-            names = list(reversed(created.names[kind]))
-            if names:
-                self._remove(kind, names, keep)
+        containers = list(reversed(created.names["container"]))
+        if containers:
+            self._remove("container", containers, keep)
+        # With the containers gone nothing uses the volumes and networks: remove them
+        # side by side (one call each; the engine removes one call's names in turn).
+        with _Workers() as workers:
+            for kind in ("volume", "network"):
+                for name in reversed(created.names[kind]):
+                    workers.submit(self._remove, kind, [name], keep)
 
     def _remove(self, kind: str, names: list[str], keep: bool) -> None:
         if keep:
@@ -352,29 +342,29 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         text = (result.stdout + result.stderr).decode(errors="replace").strip()
         return "  last log lines:\n" + "\n".join("    " + line for line in text.splitlines()[-30:])
 
-    def _deliver_to_proxy(self, container: str, files: Mapping[str, bytes]) -> None:
+    def _deliver_to_proxy(self, container: str, files: Mapping[str, bytes], *, agent_ip: str,
+                          agent_network: str) -> None:
+        """Ship the proxy its files and wait until it serves; first, in the same exec, check
+        that the proxy reaches the agent (docs/prds/0007-podman.md: a host firewall may drop
+        traffic on internal bridges, which would otherwise look like a hung agent)."""
         result = self.docker.run(
             ["exec", "-i", container, "/opt/bottle-proxy/bin/python", "-m", "bottle.mitm.receive",
-             "--dir", dp.RUN_DIR, "--timeout", str(int(READY_TIMEOUT))],
+             "--dir", dp.RUN_DIR, "--timeout", str(int(READY_TIMEOUT)),
+             "--reach", agent_ip, "--reach-timeout", f"{REACH_TIMEOUT:g}"],
             input=_tar(files, mode=0o400, uid=10001, gid=10001),
             check=False,
-            timeout=READY_TIMEOUT + 30,
+            timeout=READY_TIMEOUT + REACH_TIMEOUT + 30,
         )
+        if result.returncode == EXIT_UNREACHABLE:
+            self._unreachable(agent_network, result.stderr.decode(errors="replace"))
         if result.returncode != 0:
             detail = result.stderr.decode(errors="replace").strip() or result.stdout.decode(errors="replace").strip()
             raise StartError(
                 f"the egress proxy {container} did not start serving: {detail}\n" + self._logs_excerpt(container)
             )
 
-    def _check_reach(self, proxy: str, agent_ip: str, network: str) -> None:
-        result = self.docker.run(
-            ["exec", proxy, "/opt/bottle-proxy/bin/python", "-c", REACH_SCRIPT, agent_ip, f"{REACH_TIMEOUT:g}"],
-            check=False,
-            timeout=REACH_TIMEOUT + 30,
-        )
-        if result.returncode == 0:
-            return
-        detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+    def _unreachable(self, network: str, stderr: str) -> None:
+        detail = stderr.strip().splitlines()[-1:] or ["(no output)"]
         if self.podman:
             tip = ("if Docker runs on this host too, its iptables FORWARD policy DROP also drops traffic on "
                    "Podman's bridges; allow bridged traffic on them in Docker's DOCKER-USER chain: "

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -56,6 +59,15 @@ def test_sighup_with_broken_policy_keeps_the_old_one(tmp_path, capsys, new_text,
     out, err = capsys.readouterr()
     assert f"bottle: {message}" in err
     assert json.loads(out)["reason"] == message
+
+
+def test_sighup_with_the_policy_being_served_changes_nothing_and_logs_nothing(tmp_path, capsys):
+    launcher = make_launcher(tmp_path, policy_text())
+    policy, sha = launcher.runtime.policy, launcher.sha256
+    asyncio.run(reload_in_loop(launcher))
+    assert launcher.runtime.policy is policy and launcher.sha256 == sha
+    assert status(tmp_path)["state"] == "serving" and status(tmp_path)["policy_sha256"] == sha
+    assert capsys.readouterr().out == ""  # no policy_reload line in the request log
 
 
 def test_sighup_with_valid_policy_swaps_it(tmp_path, capsys):
@@ -144,3 +156,65 @@ def test_receive_signals_a_running_launcher(tmp_path, monkeypatch):
     assert receive.signal_launcher(tmp_path) is True
     assert sent == [(4242, receive.signal.SIGHUP)]
     assert receive.signal_launcher(tmp_path / "nowhere") is False
+
+
+def test_receive_reaches_an_address_that_refuses_and_not_one_that_drops(tmp_path, monkeypatch, capsys):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        refused_port = free.getsockname()[1]
+    receive.check_reach("127.0.0.1", 2, port=refused_port)  # refused: packets pass
+    # A listener with a full accept queue drops the SYN: to the sender, that is a host
+    # dropping packets.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port), timeout=2)
+        try:
+            with pytest.raises(TimeoutError):
+                receive.check_reach("127.0.0.1", 0.3, port=port)
+            monkeypatch.setattr(receive, "check_reach", functools.partial(receive.check_reach, port=port))
+            assert receive.main(["--dir", str(tmp_path), "--reach", "127.0.0.1", "--reach-timeout", "0.3"]) == 3
+        finally:
+            queued.close()
+    assert capsys.readouterr().err == "TimeoutError: timed out\n"
+    assert not (tmp_path / "policy.json").exists()
+
+
+def test_the_launcher_wakes_every_waiting_receiver_when_it_writes_its_status(tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(launcher_module.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    (tmp_path / receive.WAITING_DIR).mkdir()
+    for name in ("4242", "4343", "not-a-pid"):
+        (tmp_path / receive.WAITING_DIR / name).touch()
+    launcher_module.write_status(tmp_path / "status.json", "serving", "abc", None)
+    assert sorted(sent) == [(4242, signal.SIGUSR1), (4343, signal.SIGUSR1)]
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "serving"
+
+
+def test_a_wake_up_signal_is_held_for_the_waiter_and_dropped_afterwards():
+    with receive.woken_by(signal.SIGUSR1):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        info = signal.sigtimedwait({signal.SIGUSR1}, 5)
+        assert info is not None and info.si_signo == signal.SIGUSR1
+    # The second one was still pending; leaving dropped it instead of delivering it.
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    assert signal.SIGUSR1 not in signal.sigpending()
+
+
+def test_receive_registers_as_a_waiter_only_while_it_waits(tmp_path, monkeypatch):
+    policy = policy_text().encode()
+    sha = hashlib.sha256(policy).hexdigest()
+    seen = []
+
+    def serve(root, sha256, timeout, since):
+        seen.append(sorted(p.name for p in (root / receive.WAITING_DIR).iterdir()))
+        launcher_module.write_status(root / "status.json", "serving", sha256, None)
+
+    monkeypatch.setattr(receive, "wait_for_status", serve)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(tar_of(("mitmproxy-ca.pem", b"K", REG), ("policy.json", policy, REG))))
+    assert receive.main(["--dir", str(tmp_path), "--timeout", "2"]) == 0
+    assert seen == [[str(os.getpid())]]
+    assert list((tmp_path / receive.WAITING_DIR).iterdir()) == []
+    assert json.loads((tmp_path / "status.json").read_text())["policy_sha256"] == sha
