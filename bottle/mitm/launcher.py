@@ -35,6 +35,9 @@ from bottle.mitm.state import Runtime  # noqa: E402
 from bottle.mitm.upstream import GuardedEventLoop  # noqa: E402
 
 SCANNER_PROBE_SECONDS = 30.0
+# The host starts the proxy's policy delivery as soon as pipelock is healthy, so the
+# first probes usually succeed; a short interval keeps a late one off the start time.
+SCANNER_PROBE_INTERVAL = 0.05
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -191,7 +194,7 @@ class Launcher:
                 print(f"bottle: scanner at {self.policy.scanner.url} never answered; serving, "
                       "requests fail closed with 503 until it does", file=sys.stderr, flush=True)
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(SCANNER_PROBE_INTERVAL)
         try:
             await self.master.run()
         finally:
