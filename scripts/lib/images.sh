@@ -9,8 +9,9 @@
 #   ensure_podman_images copy the images the Podman tests run from Docker's store into
 #                        Podman's (docker save | podman load), when missing or different
 #   ensure_all [podman] [kubernetes]  all of the above; with `podman` also rootful Podman
-#                        and its images; with `kubernetes` also the test node's binaries
-#                        (scripts/lib/k8s.sh; the Kubernetes tests start the node)
+#                        and its images; with `kubernetes` also the test node's binaries,
+#                        built in the background (scripts/lib/k8s.sh; the Kubernetes
+#                        tests wait for the build and start the node)
 # Tunables: BOTTLE_PULL_TIMEOUT (s, default 60), BOTTLE_PIPELOCK_IMAGE (use this image),
 #           BOTTLE_PIPELOCK_SOURCE (source archive; default ../shared/third_party/pipelock-*.tar.gz),
 #           BOTTLE_BUILD_CA (CA bundle passed as BuildKit secret build_ca,
@@ -286,6 +287,11 @@ ensure_podman_images() {
 # Needs common.sh, engine.sh and this file sourced.
 ensure_all() {
     local start=$SECONDS
+    if [[ " $* " == *" kubernetes "* ]]; then
+        # The longest step (a cold Go build of the node's binaries) runs while the rest is
+        # set up and the other tests run; the Kubernetes tests come last and wait for it.
+        step "kubernetes test node (build)"; start_k8s_build
+    fi
     step "python venv";   ensure_venv
     step "docker engine"; ensure_engine
     step "base images";   ensure_base_images
@@ -295,9 +301,6 @@ ensure_all() {
     if [[ " $* " == *" podman "* ]]; then
         step "podman";        ensure_podman
         step "podman images"; ensure_podman_images
-    fi
-    if [[ " $* " == *" kubernetes "* ]]; then
-        step "kubernetes test node (build)"; ensure_k8s_binaries
     fi
     step_done
     printf '==> setup done in %ss\n' "$((SECONDS - start))" >&2

@@ -5,6 +5,8 @@
 #                         cached by version under .cache/k8s/bin/) kube-apiserver,
 #                         kubelet, kube-controller-manager, kube-scheduler, etcd,
 #                         kube-router and the pause image's binary from Go modules
+#   start_k8s_build       the same build in the background (ensure_k8s_binaries and
+#                         k8s_node_up wait for it)
 #   k8s_node_up           start etcd, the control plane, a second containerd, the
 #                         kubelet and kube-router; wait until the node is Ready
 #   k8s_node_import IMG…  copy images from the Docker engine into the node's containerd
@@ -98,6 +100,32 @@ _k8s_go_build() {
 
 ensure_k8s_binaries() {
     ensure_k8s_packages
+    local lock
+    # One build at a time: a background build (start_k8s_build) holds this lock for its
+    # whole run, so `scripts/k8s-node up` waits for it and then finds everything built.
+    mkdir -p "$K8S_DIR"
+    exec {lock}>"$K8S_DIR/build.lock"
+    flock "$lock"
+    _k8s_build_all
+    exec {lock}>&-
+}
+
+# Build the node's binaries in the background, for a caller with other work to do while
+# the compiler runs (scripts/test: everything but the Kubernetes tests). The packages are
+# installed first, in the foreground (apt holds a lock of its own).
+start_k8s_build() {
+    ensure_k8s_packages
+    mkdir -p "$K8S_DIR" "$BOTTLE_CACHE/logs"
+    local lock log="$BOTTLE_CACHE/logs/k8s-build.log"
+    exec {lock}>"$K8S_DIR/build.lock"
+    # Locked before the fork, so no `up` can slip in between; the child keeps the lock.
+    flock "$lock"
+    (_k8s_build_all) >"$log" 2>&1 &
+    exec {lock}>&-
+    note "building in the background (log: ${log#"$BOTTLE_ROOT"/}); the Kubernetes tests wait for it"
+}
+
+_k8s_build_all() {
     local v="k8s.io/component-base/version" jobs=() job failed=0
     # Side by side: most of a cold build is compiling on both cores, but each link runs on one.
     _k8s_go_build kubernetes "kubernetes-$K8S_VERSION" \

@@ -47,7 +47,7 @@ def node(docker_engine, pipelock_image) -> Api:
         missing("the kubernetes Python package is not installed (pip install -e '.[test]')")
     if reason := node_binaries_missing():
         missing(reason)
-    node_script("up")
+    node_script("up", timeout=3600)  # waits for a background build of the binaries, if one runs
     try:
         node_script("import", AGENT_IMAGE, proxy_image(os.environ), pipelock_image, UPSTREAM_IMAGE)
         yield Api(KUBECONFIG)

@@ -3,6 +3,7 @@ tests: raw JSON in and out through the official client, nothing of bottle's own 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -19,7 +20,22 @@ NODE_IP = "10.244.0.1"
 KUBELET_PORT = 10250
 
 
+def node_build_running() -> bool:
+    """A background build (scripts/lib/k8s.sh start_k8s_build) holds this lock until it ends."""
+    try:
+        with open(CACHE / "k8s" / "build.lock", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except FileNotFoundError:
+        return False
+    return False
+
+
 def node_binaries_missing() -> str | None:
+    if node_build_running():
+        return None  # `scripts/k8s-node up` waits for it
     for path in ("kubernetes-v1.34.3/kubelet", "kubernetes-v1.34.3/kube-apiserver", "etcd-v3.6.13/etcd",
                  "kube-router-v2.1.0/kube-router"):
         if not (CACHE / "k8s" / "bin" / path).exists():
