@@ -133,8 +133,11 @@ class Launcher:
             self.master._termlog_addon.logger.file = sys.stderr
         self.master.addons.add(*make_addons(self.runtime), _StatusOnRunning(self))
         listen = self.policy.listen
+        # With transparent capture the agent's redirected connections arrive at one listener
+        # per captured port (bottle.mitm.transparent); proxy-aware clients keep the regular one.
+        captured = self.policy.transparent.ports if self.policy.transparent else ()
         opts.update(
-            mode=[f"regular@{listen.host}:{listen.port}"],
+            mode=[f"regular@{listen.host}:{listen.port}", *(f"transparent@{listen.host}:{p.listen}" for p in captured)],
             confdir=str(self.confdir),
             connection_strategy="lazy",
             upstream_cert=False,
@@ -155,9 +158,9 @@ class Launcher:
         (self.state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
 
         if self.policy.dns is not None:
-            from bottle.mitm.dns import DenyAllDns
+            from bottle.mitm.dns import DnsResponder
 
-            self.dns = DenyAllDns(self.policy.bottle)
+            self.dns = DnsResponder(self.runtime)
             await self.dns.start(self.policy.dns.host, self.policy.dns.port)
 
         deadline = time.monotonic() + SCANNER_PROBE_SECONDS
@@ -184,8 +187,9 @@ class Launcher:
     def reload(self) -> None:
         try:
             policy, sha = read_policy(self.policy_path)
-            if policy.listen != self.policy.listen or policy.dns != self.policy.dns:
-                raise PolicyError("listen and dns cannot change on reload; restart the proxy")
+            if (policy.listen, policy.dns, policy.transparent) != (self.policy.listen, self.policy.dns,
+                                                                   self.policy.transparent):
+                raise PolicyError("listen, dns and transparent cannot change on reload; restart the proxy")
             if policy.upstream_ca != self.policy.upstream_ca:
                 write_trust_bundle(policy, self.trust_path)
                 self.master.options.update(ssl_verify_upstream_trusted_ca=str(self.trust_path))
@@ -238,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     import bottle.mitm.addons  # noqa: F401
     from bottle.mitm import patches
 
+    from bottle.mitm.transparent import install_original_port
+
     patches.install()
+    install_original_port(lambda listen: launcher.policy.transparent.original_port(listen)
+                          if launcher.policy and launcher.policy.transparent else None)
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:
