@@ -4,11 +4,45 @@ from __future__ import annotations
 
 import shlex
 
-from bottle.backend.docker.plan import DockerBottlePlan, connect_argv, create_argv, network_create_argv
+from bottle.backend.docker.plan import (
+    DockerBottlePlan,
+    connect_argv,
+    create_argv,
+    network_create_argv,
+    run_argv,
+)
 
 
 def _list(values: tuple[str, ...] | None, every: str) -> str:
     return ", ".join(values) if values else every
+
+
+def _network_lines(dplan: DockerBottlePlan) -> list[str]:
+    if dplan.capture is None:
+        return ["  network   internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name"]
+    ports = ", ".join(str(p.port) for p in dplan.capture.ports)
+    return [
+        "  network   internal only: its one way out is the egress proxy, by proxy settings or captured",
+        f"  capture   transparent: every TCP connection to port {ports} goes to the proxy, which takes the host from "
+        "the TLS SNI or Host header; DNS to any server is the proxy's; every other packet is rejected "
+        "(and counted into the egress log)",
+        f"  dns       names the policy allows are answered {dplan.capture.dns_address}, every other name NXDOMAIN",
+    ]
+
+
+def _capture_lines(dplan: DockerBottlePlan) -> list[str]:
+    capture = dplan.capture
+    if capture is None:
+        return []
+    ports = ", ".join(f"{p.port} -> proxy {p.listen}" for p in capture.ports)
+    helper = capture.install
+    return [
+        f"  helper     {helper.name}  (installs the transparent capture in the agent's network namespace: "
+        f"root with NET_ADMIN only, gone before the agent command; ports {ports})",
+        f"    $ {shlex.join([dplan.engine, *run_argv(helper, stdin=True)])} <<'EOF'",
+        *(f"    {line}" for line in capture.ruleset.rstrip("\n").expandtabs(4).splitlines()),
+        "    EOF",
+    ]
 
 
 def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str:
@@ -26,7 +60,7 @@ def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str
         + (f"  (host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace else "  (no host directory mounted)"),
         f"  limits    {plan.agent.resources.cpus:g} CPUs, {plan.agent.resources.memory} memory, "
         f"{plan.agent.resources.pids} processes",
-        "  network   internal only: its one way out is the egress proxy; DNS answers NXDOMAIN for every name",
+        *_network_lines(dplan),
         "",
         f"Egress ({plan.egress.mode}: "
         + ("anything not allowed below is blocked)" if plan.egress.mode == "enforce"
@@ -84,7 +118,11 @@ def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str
         lines.append(f"    $ {shlex.join([docker, *create_argv(container)])}")
         for argv in connect_argv(container):
             lines.append(f"    $ {shlex.join([docker, *argv])}")
+    lines += _capture_lines(dplan)
     lines += ["", "Teardown (on exit, error, Ctrl-C, SIGTERM or SIGHUP)"]
+    if dplan.capture is not None:
+        lines.append(f"  read what the capture rejected into the egress log ({dplan.capture.report.name}, gone on exit)")
+        lines.append(f"    $ {shlex.join([docker, *run_argv(dplan.capture.report)])}")
     for kind, name in dplan.teardown:
         lines.append(f"  remove {kind:<9} {name}")
     if plan.missing_credentials:

@@ -179,11 +179,12 @@ print(json.dumps(out))
 """
 
 
-def start_in_background(engine: Engine, manifest_path: Path, command: list[str], tmp_path: Path) -> subprocess.Popen:
+def start_in_background(engine: Engine, manifest_path: Path, command: list[str], tmp_path: Path,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp_path / "bg.jsonl"), str(manifest_path),
             "--", *command]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bottle_env(engine.env),
-                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=bottle_env({**engine.env, **(env or {})}), stdin=subprocess.DEVNULL, cwd=tmp_path)
 
 
 def wait_for_go(workspace: Path, seconds: float = 90) -> None:

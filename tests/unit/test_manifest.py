@@ -24,6 +24,7 @@ def test_minimal_manifest_gets_every_default(write_manifest):
         },
         "egress": {
             "mode": "enforce",
+            "capture": "proxy",
             "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True,
                        "max_label_entropy": 3.5, "tls": "intercept"}],
             "routes": [],
@@ -63,7 +64,7 @@ def errors_of(write_manifest, text: str) -> str:
               alow:
                 - host: api.example.com
             """,
-            "M:4: egress.alow: expected one of the keys mode, allow, routes, upstream_ca; "
+            "M:4: egress.alow: expected one of the keys mode, capture, allow, routes, upstream_ca; "
             "found unknown key 'alow' (did you mean 'allow'?)",
             id="misspelt-key-did-you-mean",
         ),

@@ -3,6 +3,7 @@ Podman, and the dry-run JSON contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ EXAMPLE = ROOT / "examples" / "claude.yaml"
 GOLDEN = {
     "docker": Path(__file__).parent / "golden" / "dry-run-claude.json",
     "podman": Path(__file__).parent / "golden" / "dry-run-claude-podman.json",
+    "transparent": Path(__file__).parent / "golden" / "dry-run-claude-transparent.json",
 }
 
 
@@ -161,16 +163,24 @@ def test_existing_egress_network_is_used_not_created_or_removed(write_manifest):
     assert dplan.container("proxy").network == "corp-egress"
 
 
+def transparent_plan(plan=None):
+    """The example with `egress.capture: transparent`."""
+    plan = plan or example_plan()
+    return dataclasses.replace(plan, egress=dataclasses.replace(plan.egress, capture="transparent"))
+
+
 def dry_run_document(engine: str = "docker") -> str:
-    text = json.dumps(docker_plan(example_plan(), engine).to_dict(), indent=2) + "\n"
+    plan = transparent_plan() if engine == "transparent" else example_plan()
+    text = json.dumps(docker_plan(plan, "docker" if engine == "transparent" else engine).to_dict(), indent=2) + "\n"
     return text.replace(str(ROOT), "<repo>")
 
 
-@pytest.mark.parametrize("engine", ["docker", "podman"])
+@pytest.mark.parametrize("engine", ["docker", "podman", "transparent"])
 def test_dry_run_json_matches_golden_file(engine):
     """The dry-run JSON is a contract. If this fails, the change is either a bug or a
     contract change: bump DRY_RUN_SCHEMA_VERSION when a field changes meaning or goes
-    away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1."""
+    away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1.
+    `transparent` is the example on Docker with `egress.capture: transparent`."""
     import os
 
     if os.environ.get("BOTTLE_UPDATE_GOLDEN"):

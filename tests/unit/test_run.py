@@ -155,7 +155,7 @@ def removals(docker: FakeDocker) -> list[str]:
     names = []
     for call in docker.calls:
         if call[:3] == ["rm", "--force", "--volumes"]:
-            names += [n for n in call[3:] if n not in ("--time", "0")]
+            names += [n for n in call[3:] if n not in ("--time", "0", "--ignore")]
         elif call[:3] == ["volume", "rm", "--force"]:
             names += call[3:]
         elif call[:2] == ["network", "rm"]:
@@ -275,7 +275,7 @@ def test_on_podman_pipelock_keeps_a_root_owned_config_and_is_reached_by_address(
     assert "cp --archive=false - bottle-claude-abc123-pipelock:/etc/pipelock" in calls
     assert "healthcheck run bottle-claude-abc123-pipelock" in calls
     assert delivered_policy(docker)["scanner"]["url"] == "http://172.30.0.2:9090/api/v1/scan"
-    assert "rm --force --volumes --time 0 bottle-claude-abc123-agent bottle-claude-abc123-proxy " \
+    assert "rm --force --volumes --time 0 --ignore bottle-claude-abc123-agent bottle-claude-abc123-proxy " \
            "bottle-claude-abc123-pipelock" in calls
 
 

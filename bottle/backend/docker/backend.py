@@ -25,6 +25,7 @@ from bottle.backend.docker import plan as dp
 from bottle.backend.docker.cli import DockerCLI
 from bottle.backend.docker.engine import DOCKER, Engine
 from bottle.errors import BackendError, StartError
+from bottle.launch import capture
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, render_policy
 from bottle.launch.secrets import LaunchSecrets
@@ -168,7 +169,8 @@ class DockerBackend(BottleBackend):
             # The CA goes into the agent's trust store while the proxy starts serving;
             # the agent command itself only runs after both.
             workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
-            reach = workers.submit(self._check_reach, proxy.name, agent_ip, agent_network)
+            reach = workers.submit(self._reach_then_capture, plan, proxy.name, agent_ip, agent_network,
+                                   substitutions, created)
             scanner = scanner_host.result()
             reach.result()
             files = {
@@ -188,12 +190,16 @@ class DockerBackend(BottleBackend):
             if plan.bottle.egress.upstream_ca:
                 files["upstream-ca.pem"] = _read_upstream_ca(plan.bottle.egress.upstream_ca)
             self._deliver_to_proxy(proxy.name, files)
+        report = None
+        if plan.capture is not None:
+            report = tuple(_substitute(a, substitutions) for a in dp.run_argv(plan.capture.report))
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,
             agent=agent.name,
             proxy=proxy.name,
             scanner=pipelock.name,
             addresses={"proxy": proxy_ip, "agent": agent_ip},
+            capture_report=report,
         )
 
     def _start_scanner(
@@ -284,7 +290,9 @@ class DockerBackend(BottleBackend):
             return
         args = {
             # Docker's `rm --force` kills at once; Podman's first waits up to 10 s for SIGTERM.
-            "container": ["rm", "--force", "--volumes", *(["--time", "0"] if self.podman else [])],
+            # Podman 4.3 removes nothing, and exits 0, when one name is already gone (a
+            # helper run with --rm) unless told to --ignore it.
+            "container": ["rm", "--force", "--volumes", *(["--time", "0", "--ignore"] if self.podman else [])],
             "volume": ["volume", "rm", "--force"],
             "network": ["network", "rm"],
         }[kind]
@@ -381,6 +389,33 @@ class DockerBackend(BottleBackend):
             tip=tip,
         )
 
+    def _reach_then_capture(self, plan: dp.DockerBottlePlan, proxy: str, agent_ip: str, network: str,
+                            substitutions: Mapping[str, str], created: _Created) -> None:
+        # In this order: the reach check waits for the agent's reset, which the capture's
+        # rules let through only as a reply to a connection they have seen begin.
+        self._check_reach(proxy, agent_ip, network)
+        if plan.capture is not None:
+            self._install_capture(plan.capture, substitutions, created)
+
+    def _install_capture(self, capture: dp.CaptureSpec, substitutions: Mapping[str, str], created: _Created) -> None:
+        """Runs the capture helper to its end: when this returns, the route and rules are in
+        the agent's namespace and the helper (the only process that could change them) is gone."""
+        helper = capture.install
+        argv = [_substitute(arg, substitutions) for arg in dp.run_argv(helper, stdin=True)]
+        created.add("container", helper.name)  # `--rm` removes it; an interrupted run leaves it to teardown
+        try:
+            result = self.docker.run(argv, input=_substitute(capture.ruleset, substitutions).encode(), check=False,
+                                     timeout=READY_TIMEOUT)
+        except BackendError as e:
+            raise StartError(f"installing the transparent capture failed: {e.message}") from None
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip() or f"exit code {result.returncode}"
+            raise StartError(
+                f"installing the transparent capture in the agent's network namespace failed:\n  {detail}",
+                tip="the helper runs the proxy image's nft and ip with NET_ADMIN; rebuild the proxy image with "
+                "`bottle build --only proxy` if it lacks them, and the host kernel needs nf_tables (nft list tables)",
+            )
+
     def _install_ca(self, container: str, cert_pem: bytes) -> None:
         result = self.docker.run(
             ["exec", "-i", "--user", "0:0", container, "sh", "-c", INSTALL_CA_SCRIPT],
@@ -418,6 +453,24 @@ class DockerBackend(BottleBackend):
             result = self.docker.run(["logs", running.proxy], check=False)
             if result.returncode == 0:
                 path.write_bytes(result.stdout)
+            if running.capture_report is not None:
+                self._append_capture_drops(running, path)
+
+    def _append_capture_drops(self, running: RunningBottle, path: Path) -> None:
+        """What the transparent capture rejected, one line per destination, read from the
+        agent's namespace before it goes (docs/log-format.md)."""
+        result = self.docker.run(list(running.capture_report), check=False, timeout=READY_TIMEOUT)
+        try:
+            if result.returncode != 0:
+                raise capture.ReportError(result.stderr.decode(errors="replace").strip()
+                                          or f"exit code {result.returncode}")
+            dropped = capture.parse_report(result.stdout.decode(errors="replace"))
+        except capture.ReportError as e:
+            print(f"bottle: warning: could not read what the transparent capture rejected: {e}", file=sys.stderr)
+            return
+        lines = capture.drop_lines(dropped, bottle=running.bottle_id, client=running.addresses["agent"])
+        with open(path, "a", encoding="utf-8") as log:
+            log.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
 
     def run_agent(self, running: RunningBottle, command: Sequence[str], *, interactive: bool) -> int:
         argv = ["exec", "-i"]
