@@ -23,7 +23,7 @@ def _network_lines(dplan: DockerBottlePlan) -> list[str]:
     ports = ", ".join(str(p.port) for p in dplan.capture.ports)
     return [
         "  network   internal only: its one way out is the egress proxy, by proxy settings or captured",
-        f"  capture   transparent: every TCP connection to port {ports} goes to the proxy, which takes the host from "
+        f"  capture   transparent: every TCP connection to ports {ports} goes to the proxy, which takes the host from "
         "the TLS SNI or Host header; DNS to any server is the proxy's; every other packet is rejected "
         "(and counted into the egress log)",
         f"  dns       names the policy allows are answered {dplan.capture.dns_address}, every other name NXDOMAIN",

@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from bottle.egresslog import CAPTURE_DROP
 from bottle.mitm.policy import CapturedPort
 
 TABLE = "bottle"
@@ -114,6 +115,6 @@ def drop_lines(dropped: Sequence[Dropped], *, bottle: str, client: str,
                now: datetime.datetime | None = None) -> list[dict[str, Any]]:
     """One egress log line per destination the capture rejected (docs/log-format.md)."""
     stamp = (now or datetime.datetime.now(datetime.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return [{"time": stamp, "event": "capture_drop", "bottle": bottle, "client": client, "protocol": d.protocol,
+    return [{"time": stamp, "event": CAPTURE_DROP, "bottle": bottle, "client": client, "protocol": d.protocol,
              "address": d.address, "port": d.port, "packets": d.packets, "decision": "block", "reason": DROP_REASON}
             for d in dropped]
