@@ -14,7 +14,11 @@ unmeasured warm-up run of each. Reports medians and bottle/docker ratios (target
 to_command <= 2x). For bottle it also times its stderr milestones ("starting",
 "torn down"). Writes benchmarks/results/start_time.json.
 
-    python benchmarks/start_time.py [--runs R] [--out PATH]
+    python benchmarks/start_time.py [--runs R] [--transparent] [--out PATH]
+
+--transparent adds a third series, the same bottle with `egress.capture: transparent`
+(docs/prds/0009-transparent-capture.md): what installing the capture adds, and what reading
+what it rejected adds to teardown.
 
 Env: BOTTLE_PIPELOCK_IMAGE (scanner image in the manifest; required), BOTTLE_DOCKER
 (docker client, default `docker` on PATH), BOTTLE_AGENT_IMAGE (default bottle/agent:0.1.0).
@@ -93,6 +97,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="measured runs of each (default 5)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds allowed per run (default 180)")
+    parser.add_argument("--transparent", action="store_true",
+                        help="also time the bottle with egress.capture: transparent")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/start_time.json")
     args = parser.parse_args()
     if not 1 <= args.runs <= 50:
@@ -124,23 +130,28 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "BOTTLE_KEEP"}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["BOTTLE_DOCKER"] = docker
-    bottle_argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp / "egress.jsonl"),
-                   str(manifest), "--", *AGENT_CMD]
-    docker_argv = [docker, "run", "--rm", agent_image, *AGENT_CMD]
+    transparent = tmp / "bottle-transparent.yaml"
+    transparent.write_text(manifest.read_text() + "egress:\n  capture: transparent\n")
 
-    results: dict = {"bottle": [], "docker_run": []}
+    def bottle_argv(path: Path) -> list[str]:
+        return [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp / "egress.jsonl"), str(path),
+                "--", *AGENT_CMD]
+
+    series = {"docker_run": [docker, "run", "--rm", agent_image, *AGENT_CMD], "bottle": bottle_argv(manifest)}
+    if args.transparent:
+        series["bottle_transparent"] = bottle_argv(transparent)
+    results: dict = {name: [] for name in series}
     try:
         print(f"start_time: warm-up, then {args.runs} runs each (interleaved)", file=sys.stderr, flush=True)
-        timed_run(docker_argv, env, tmp, args.timeout)
-        timed_run(bottle_argv, env, tmp, args.timeout)
+        for argv in series.values():
+            timed_run(argv, env, tmp, args.timeout)
         for i in range(args.runs):
-            d = timed_run(docker_argv, env, tmp, args.timeout)
-            b = timed_run(bottle_argv, env, tmp, args.timeout)
-            results["docker_run"].append(d)
-            results["bottle"].append(b)
-            print(f"  run {i + 1}: docker run {d['to_command_s']:.2f}s to command, {d['total_s']:.2f}s total | "
-                  f"bottle {b['to_command_s']:.2f}s to command, {b['teardown_s']:.2f}s teardown, "
-                  f"{b['total_s']:.2f}s total", file=sys.stderr, flush=True)
+            shown = []
+            for name, argv in series.items():
+                r = timed_run(argv, env, tmp, args.timeout)
+                results[name].append(r)
+                shown.append(f"{name} {r['to_command_s']:.2f}s to command, {r['teardown_s']:.2f}s teardown")
+            print(f"  run {i + 1}: " + " | ".join(shown), file=sys.stderr, flush=True)
     except Exception as e:
         print(f"start_time: error: {e}", file=sys.stderr)
         return 1
@@ -164,11 +175,16 @@ def main() -> int:
         },
     }
     print()
-    print(f"{'median of ' + str(args.runs):14s} {'to command':>11s} {'teardown':>9s} {'total':>8s}")
-    for name in ("docker_run", "bottle"):
+    print(f"{'median of ' + str(args.runs):18s} {'to command':>11s} {'teardown':>9s} {'total':>8s}")
+    for name in results:
         m = med[name]
-        print(f"{name:14s} {m['to_command_s']:10.2f}s {m['teardown_s']:8.2f}s {m['total_s']:7.2f}s")
-    print(f"{'ratio':14s} {ratio_cmd:10.2f}x {'':9s} {ratio_total:7.2f}x")
+        print(f"{name:18s} {m['to_command_s']:10.2f}s {m['teardown_s']:8.2f}s {m['total_s']:7.2f}s")
+    print(f"{'ratio':18s} {ratio_cmd:10.2f}x {'':9s} {ratio_total:7.2f}x")
+    if "bottle_transparent" in med:
+        added = {k: med["bottle_transparent"][k] - med["bottle"][k] for k in ("to_command_s", "teardown_s")}
+        out["transparent_adds"] = added
+        print(f"transparent capture adds {added['to_command_s']:+.2f}s to command, "
+              f"{added['teardown_s']:+.2f}s to teardown (medians)")
     if "starting_at_s" in med["bottle"]:
         print(f"bottle milestones (median, from spawn): 'starting' {med['bottle']['starting_at_s']:.2f}s, "
               f"'egress log' {med['bottle'].get('egress_log_at_s', float('nan')):.2f}s, "

@@ -169,8 +169,11 @@ class DockerBackend(BottleBackend):
             # The CA goes into the agent's trust store while the proxy starts serving;
             # the agent command itself only runs after both.
             workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
-            reach = workers.submit(self._reach_then_capture, plan, proxy.name, agent_ip, agent_network,
-                                   substitutions, created)
+            reach = workers.submit(self._check_reach, proxy.name, agent_ip, agent_network)
+            if plan.capture is not None:
+                # Installed while the proxy starts serving; done (the _Workers block waits)
+                # before the agent command can run.
+                workers.submit(self._capture_after, reach, plan.capture, dict(substitutions), created)
             scanner = scanner_host.result()
             reach.result()
             files = {
@@ -389,25 +392,25 @@ class DockerBackend(BottleBackend):
             tip=tip,
         )
 
-    def _reach_then_capture(self, plan: dp.DockerBottlePlan, proxy: str, agent_ip: str, network: str,
-                            substitutions: Mapping[str, str], created: _Created) -> None:
-        # In this order: the reach check waits for the agent's reset, which the capture's
-        # rules let through only as a reply to a connection they have seen begin.
-        self._check_reach(proxy, agent_ip, network)
-        if plan.capture is not None:
-            self._install_capture(plan.capture, substitutions, created)
+    def _capture_after(self, reach: Future, capture: dp.CaptureSpec, substitutions: Mapping[str, str],
+                       created: _Created) -> None:
+        # After the reach check: it waits for the agent's reset, which the capture's rules
+        # let through only as the reply to a connection they saw begin.
+        reach.result()
+        self._install_capture(capture, substitutions, created)
 
     def _install_capture(self, capture: dp.CaptureSpec, substitutions: Mapping[str, str], created: _Created) -> None:
         """Runs the capture helper to its end: when this returns, the route and rules are in
         the agent's namespace and the helper (the only process that could change them) is gone."""
         helper = capture.install
         argv = [_substitute(arg, substitutions) for arg in dp.run_argv(helper, stdin=True)]
-        created.add("container", helper.name)  # `--rm` removes it; an interrupted run leaves it to teardown
+        created.add("container", helper.name)  # an interrupted run may leave it: teardown removes it then
         try:
             result = self.docker.run(argv, input=_substitute(capture.ruleset, substitutions).encode(), check=False,
                                      timeout=READY_TIMEOUT)
         except BackendError as e:
             raise StartError(f"installing the transparent capture failed: {e.message}") from None
+        created.discard("container", helper.name)  # the run returned: --rm removed it
         if result.returncode != 0:
             detail = result.stderr.decode(errors="replace").strip() or f"exit code {result.returncode}"
             raise StartError(
@@ -562,6 +565,10 @@ class _Created:
 
     def add(self, kind: str, name: str) -> None:
         self.names[kind].append(name)
+
+    def discard(self, kind: str, name: str) -> None:
+        if name in self.names[kind]:
+            self.names[kind].remove(name)
 
 
 class _Workers:
