@@ -136,8 +136,9 @@ class Launcher:
         # With transparent capture the agent's redirected connections arrive at one listener
         # per captured port (bottle.mitm.transparent); proxy-aware clients keep the regular one.
         captured = self.policy.transparent.ports if self.policy.transparent else ()
+        modes = [f"regular@{listen.host}:{listen.port}", *(f"transparent@{listen.host}:{p.listen}" for p in captured)]
         opts.update(
-            mode=[f"regular@{listen.host}:{listen.port}", *(f"transparent@{listen.host}:{p.listen}" for p in captured)],
+            mode=modes,
             confdir=str(self.confdir),
             connection_strategy="lazy",
             upstream_cert=False,
@@ -187,8 +188,8 @@ class Launcher:
     def reload(self) -> None:
         try:
             policy, sha = read_policy(self.policy_path)
-            if (policy.listen, policy.dns, policy.transparent) != (self.policy.listen, self.policy.dns,
-                                                                   self.policy.transparent):
+            fixed = (self.policy.listen, self.policy.dns, self.policy.transparent)
+            if (policy.listen, policy.dns, policy.transparent) != fixed:
                 raise PolicyError("listen, dns and transparent cannot change on reload; restart the proxy")
             if policy.upstream_ca != self.policy.upstream_ca:
                 write_trust_bundle(policy, self.trust_path)

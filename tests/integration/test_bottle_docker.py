@@ -203,6 +203,12 @@ def start_in_background(engine: Engine, manifest_path: Path, command: list[str],
                             env=bottle_env({**engine.env, **(env or {})}), stdin=subprocess.DEVNULL, cwd=tmp_path)
 
 
+def send_go(workspace: Path, go: dict) -> None:
+    """Hand the waiting agent its instructions (it starts reading once the file appears whole)."""
+    (workspace / "go.tmp").write_text(json.dumps(go))
+    (workspace / "go.tmp").rename(workspace / "go")
+
+
 def wait_for_go(workspace: Path, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while not (workspace / "ready").exists():
@@ -319,9 +325,7 @@ def test_no_way_around_the_proxy(manifest, tmp_path, upstream, engine, capture):
         scanner = bottle_containers(engine, bottle_id)["pipelock"]
         scanner_net = json.loads(engine("inspect", "--format", "{{json .NetworkSettings.Networks}}", scanner).stdout)
         scanner_ip = next(iter(scanner_net.values()))["IPAddress"]
-        go = {"upstream": upstream.ip, "scanner": scanner_ip, "host": addresses, "port": listener.port}
-        (workspace / "go.tmp").write_text(json.dumps(go))
-        (workspace / "go.tmp").rename(workspace / "go")
+        send_go(workspace, {"upstream": upstream.ip, "scanner": scanner_ip, "host": addresses, "port": listener.port})
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:

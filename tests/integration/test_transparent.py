@@ -9,19 +9,22 @@ rules are refused by the kernel."""
 from __future__ import annotations
 
 import json
-import shlex
+import os
+import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
+from bottle.plan import proxy_image
 from tests.integration.conftest import AGENT_RULES, Engine, bottle_env, leftovers
 from tests.integration.test_bottle_docker import (
     AWS_KEY,
     REAL_TOKEN,
     bottle_containers,
+    send_go,
     start_in_background,
     start_udp_listener,
     wait_for_go,
@@ -141,10 +144,9 @@ TCP_LISTENER = (
 )
 
 
-def start_tcp_listener(upstream) -> callable:
-    """A TCP listener on a port no rule names, proven reachable from the host."""
-    import socket
-
+def start_tcp_listener(upstream) -> Callable[[], str]:
+    """A TCP listener on a port no rule names, proven reachable from the host; returns a
+    function that reads who connected."""
     engine = upstream.engine
     engine("exec", "-d", upstream.container, "python3", "-c", TCP_LISTENER)
     deadline = time.monotonic() + 10
@@ -158,18 +160,12 @@ def start_tcp_listener(upstream) -> callable:
     return lambda: engine("exec", upstream.container, "sh", "-c", "cat /tmp/tcp.log 2>/dev/null || true").stdout.decode()
 
 
-def netns_run(engine: Engine, container: str, *argv: str, stdin: bytes | None = None) -> str:
-    """A command of the host's, in a container's network namespace."""
-    pid = engine("inspect", "--format", "{{.State.Pid}}", container).stdout.decode().strip()
-    return subprocess.run(["nsenter", "-t", pid, "-n", *argv], capture_output=True, check=True,
-                          input=stdin).stdout.decode()
-
-
-def normalised_ruleset(text: str) -> str:
-    """The ruleset as this host's nft lists it after loading it into a namespace of its own."""
-    script = f"nft -f - && nft list table inet bottle"
-    return subprocess.run(["unshare", "--net", "sh", "-c", script], input=text.encode(), capture_output=True,
-                          check=True).stdout.decode()
+def in_netns(engine: Engine, network: str, script: str, stdin: bytes | None = None) -> str:
+    """A shell script run with the proxy image's nft and ip, as root with NET_ADMIN only, in
+    `network` (`container:NAME` for a container's namespace, `none` for a fresh one)."""
+    return engine("run", "--rm", "-i", "--network", network, "--user", "0:0", "--cap-drop", "ALL", "--cap-add",
+                  "NET_ADMIN", "--entrypoint", "sh", proxy_image(os.environ), "-c", script,
+                  input=stdin).stdout.decode()
 
 
 def test_clients_without_proxy_settings_go_through_the_proxy_and_its_policy(manifest, tmp_path, upstream, engine):
@@ -200,14 +196,14 @@ def test_clients_without_proxy_settings_go_through_the_proxy_and_its_policy(mani
         proxy_upstream_ip = networks[upstream.network]["IPAddress"]
         agent_ip = json.loads(engine("inspect", "--format", "{{json .NetworkSettings.Networks}}", agent).stdout)[
             f"{bottle_id}-agent"]["IPAddress"]
-        # What is installed is what the dry-run showed.
+        # What is installed is what the dry-run showed (both listed by the same nft).
         planned = dry["capture"]["install"]["stdin"].replace("<proxy-ip>", proxy_ip)
-        assert netns_run(engine, agent, "nft", "list", "table", "inet", "bottle") == normalised_ruleset(planned)
-        assert netns_run(engine, agent, "ip", "route", "show", "default").split()[:3] == ["default", "via", proxy_ip]
-        go = {"upstream": upstream.ip, "marker": marker, "aws_key": AWS_KEY, "capture_address": CAPTURE_ADDRESS,
-              "tcp_port": TCP_PORT}
-        (workspace / "go.tmp").write_text(json.dumps(go))
-        (workspace / "go.tmp").rename(workspace / "go")
+        installed = in_netns(engine, f"container:{agent}", "nft list table inet bottle; ip route show default")
+        rules, _, route = installed.rpartition("default via ")
+        assert rules == in_netns(engine, "none", "nft -f - && nft list table inet bottle", stdin=planned.encode())
+        assert route.split()[0] == proxy_ip
+        send_go(workspace, {"upstream": upstream.ip, "marker": marker, "aws_key": AWS_KEY,
+                            "capture_address": CAPTURE_ADDRESS, "tcp_port": TCP_PORT})
         stdout, stderr = process.communicate(timeout=180)
     finally:
         if process.poll() is None:

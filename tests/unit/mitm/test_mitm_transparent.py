@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 from mitmproxy.proxy import mode_specs
-from mitmproxy.test import taddons
 
 from bottle.mitm import decide, transparent
 from bottle.mitm.policy import parse_policy
 from mitm_fixture import ENV, P_ANTHROPIC, POLICY, Chain, policy_text
 from test_mitm_addon import AGENT, FakeScanner, make_flow, run
+from test_mitm_passthrough import clienthello
 
 PROXY_IP = "172.20.0.2"
 TRANSPARENT = {"ports": [{"port": 80, "listen": 15001}, {"port": 443, "listen": 15002},
@@ -136,14 +136,6 @@ def hello(*, sni, port=443, mode="transparent"):
                              proxy_mode=mode_specs.ProxyMode.parse(f"{mode}@{PROXY_IP}:15002"))
     return SimpleNamespace(context=SimpleNamespace(server=SimpleNamespace(address=(PROXY_IP, port)), client=client),
                            client_hello=SimpleNamespace(sni=sni), ignore_connection=False)
-
-
-def clienthello(addons, data):
-    with taddons.context():
-        for addon in addons.addons:
-            if hasattr(addon, "tls_clienthello"):
-                asyncio.run(addon.tls_clienthello(data))
-    return data
 
 
 def test_the_sni_of_a_captured_connection_becomes_its_server_address_before_passthrough_decides():
