@@ -243,11 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     import bottle.mitm.addons  # noqa: F401
     from bottle.mitm import patches
 
-    from bottle.mitm.transparent import install_original_port
-
     patches.install()
-    install_original_port(lambda listen: launcher.policy.transparent.original_port(listen)
-                          if launcher.policy and launcher.policy.transparent else None)
+    patches.install_original_port(lambda listen: launcher.policy.transparent.original_port(listen)
+                                  if launcher.policy and launcher.policy.transparent else None)
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:

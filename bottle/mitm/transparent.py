@@ -9,13 +9,11 @@ target must be origin-form, and the host must be allowed.
 
 Which port the agent dialled is told by which listener accepted the connection: the
 rewrite happened in the agent's namespace, so the proxy's kernel has no original
-destination to look up (`install_original_port`).
+destination to look up (bottle.mitm.patches, 4).
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
@@ -65,19 +63,3 @@ class TransparentDestination:
     def _captured(self, client: Any) -> bool:
         return self.runtime.require_policy().transparent is not None and is_transparent(client)
 
-
-def install_original_port(original_port: Callable[[int], int | None]) -> None:
-    """mitmproxy's transparent mode asks the platform for a connection's original
-    destination (SO_ORIGINAL_DST); here it is the listener's own address, with the port the
-    agent dialled in place of the listener's port. A listener the policy does not name
-    fails the lookup, and mitmproxy then closes the connection."""
-    from mitmproxy import platform
-
-    def original_addr(sock: socket.socket) -> tuple[str, int]:
-        host, listen = sock.getsockname()[:2]
-        port = original_port(listen)
-        if port is None:
-            raise OSError(f"bottle: no captured port is redirected to listener {listen}")
-        return host, port
-
-    platform.original_addr = original_addr

@@ -408,3 +408,24 @@ def test_what_the_capture_rejected_is_appended_to_the_egress_log_before_teardown
     assert [(l["event"], l["protocol"], l["address"], l["port"], l["packets"], l["client"], l["decision"])
             for l in lines[1:]] == [("capture_drop", "icmp", "93.184.216.34", None, 1, "172.30.0.2", "block"),
                                     ("capture_drop", "tcp", "93.184.216.34", 22, 3, "172.30.0.2", "block")]
+
+
+def test_a_capture_report_that_cannot_be_read_is_a_warning_and_teardown_goes_on(tmp_path, capsys):
+    class Gone(FakeDocker):
+        def argv(self, args):
+            return ["true"]
+
+        def run(self, args, *, check=True, **kwargs):
+            if "bottle-claude-abc123-capture-report" in args:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 125, b"", b"Error: No such container: bottle-claude-abc123-agent\n")
+            return super().run(args, check=check, **kwargs)
+
+    docker = Gone(fail_on="nothing-fails")
+    backend = DockerBackend(docker, env={})
+    with backend.launch(transparent_dplan(), make_secrets("b", ("ANTHROPIC_API_KEY",)), env={}) as running:
+        with backend.follow_egress_log(running, tmp_path / "l.jsonl"):
+            pass
+    assert "bottle: warning: could not read what the transparent capture rejected: Error: No such container: " \
+           "bottle-claude-abc123-agent" in capsys.readouterr().err
+    assert "bottle-claude-abc123-agent" in removals(docker)

@@ -462,14 +462,15 @@ class DockerBackend(BottleBackend):
     def _append_capture_drops(self, running: RunningBottle, path: Path) -> None:
         """What the transparent capture rejected, one line per destination, read from the
         agent's namespace before it goes (docs/log-format.md)."""
-        result = self.docker.run(list(running.capture_report), check=False, timeout=READY_TIMEOUT)
         try:
+            result = self.docker.run(list(running.capture_report), check=False, timeout=READY_TIMEOUT)
             if result.returncode != 0:
                 raise capture.ReportError(result.stderr.decode(errors="replace").strip()
                                           or f"exit code {result.returncode}")
             dropped = capture.parse_report(result.stdout.decode(errors="replace"))
-        except capture.ReportError as e:
-            print(f"bottle: warning: could not read what the transparent capture rejected: {e}", file=sys.stderr)
+        except (BackendError, capture.ReportError) as e:
+            detail = e.message if isinstance(e, BackendError) else str(e)
+            print(f"bottle: warning: could not read what the transparent capture rejected: {detail}", file=sys.stderr)
             return
         lines = capture.drop_lines(dropped, bottle=running.bottle_id, client=running.addresses["agent"])
         with open(path, "a", encoding="utf-8") as log:

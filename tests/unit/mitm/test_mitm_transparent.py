@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from mitmproxy.proxy import mode_specs
 
-from bottle.mitm import decide, transparent
+from bottle.mitm import decide, patches, transparent
 from bottle.mitm.policy import parse_policy
 from mitm_fixture import ENV, P_ANTHROPIC, POLICY, Chain, policy_text
 from test_mitm_addon import AGENT, FakeScanner, make_flow, run
@@ -192,7 +192,7 @@ def test_the_original_port_is_the_one_redirected_to_the_listener(monkeypatch):
 
     monkeypatch.setattr(platform, "original_addr", None)
     policy = parse_policy(policy_text(transparent=TRANSPARENT))
-    transparent.install_original_port(policy.transparent.original_port)
+    patches.install_original_port(policy.transparent.original_port)
     assert platform.original_addr(_Socket(15002)) == (PROXY_IP, 443)
     assert platform.original_addr(_Socket(15003)) == (PROXY_IP, 8443)
     with pytest.raises(OSError, match="no captured port is redirected to listener 8080"):
