@@ -574,13 +574,13 @@ egress:
         "CONNECT", "upstream.test", "allow", "egress.allow[0]", "none")
 
 
-def test_bottle_logs_follows_a_running_bottle_and_stops_when_it_does(manifest, upstream, tmp_path):
+def test_bottle_logs_follows_a_running_bottle_and_stops_when_it_does(manifest, upstream, tmp_path, engine):
     log = tmp_path / "followed.jsonl"
     script = ("curl -sS -o /dev/null https://api.anthropic.com/first; touch /tmp/x; sleep 4; "
               "curl -sS -o /dev/null https://api.anthropic.com/second")
     start = subprocess.Popen([sys.executable, "-m", "bottle", "start", "--egress-log", str(log),
                               str(manifest(AGENT_RULES)), "--", "sh", "-c", script],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bottle_env(), cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bottle_env(engine.env), cwd=tmp_path,
                              stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -588,7 +588,7 @@ def test_bottle_logs_follows_a_running_bottle_and_stops_when_it_does(manifest, u
             assert start.poll() is None and time.monotonic() < deadline, start.communicate()
             time.sleep(0.1)
         follow = subprocess.run([sys.executable, "-m", "bottle", "logs", "-f", "--format", "json", str(log)],
-                                capture_output=True, text=True, env=bottle_env(), timeout=120)
+                                capture_output=True, text=True, env=bottle_env(engine.env), timeout=120)
         start.wait(timeout=60)
     finally:
         if start.poll() is None:
