@@ -21,7 +21,11 @@ Targets (issue 13): bottle's to_command <= 1.3 x the floor's; bottle's teardown 
 For bottle it also times its stderr milestones ("starting", "torn down").
 Writes benchmarks/results/start_time.json.
 
-    python benchmarks/start_time.py [--runs R] [--out PATH]
+    python benchmarks/start_time.py [--runs R] [--transparent] [--out PATH]
+
+--transparent adds a series: the same bottle with `egress.capture: transparent`
+(docs/prds/0009-transparent-capture.md): what installing the capture adds, and what reading
+what it rejected adds to teardown.
 
 Env: BOTTLE_PIPELOCK_IMAGE (scanner image in the manifest; required), BOTTLE_DOCKER
 (docker client, default `docker` on PATH), BOTTLE_AGENT_IMAGE (default bottle/agent:0.1.0).
@@ -113,6 +117,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="measured runs of each (default 5)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds allowed per run (default 180)")
+    parser.add_argument("--transparent", action="store_true",
+                        help="also time the bottle with egress.capture: transparent")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/start_time.json")
     args = parser.parse_args()
     if not 1 <= args.runs <= 50:
@@ -144,13 +150,21 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if k != "BOTTLE_KEEP"}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["BOTTLE_DOCKER"] = docker
-    bottle_argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp / "egress.jsonl"),
-                   str(manifest), "--", *AGENT_CMD]
-    floor_argv = [str(REPO / "benchmarks/start_floor.sh"), scanner_image, proxy_image(os.environ), agent_image,
-                  "--", *AGENT_CMD]
-    docker_argv = [docker, "run", "--rm", agent_image, *AGENT_CMD]
-    contenders = {"floor": floor_argv, "bottle": bottle_argv, "docker_run": docker_argv}
+    transparent = tmp / "bottle-transparent.yaml"
+    transparent.write_text(manifest.read_text() + "egress:\n  capture: transparent\n")
 
+    def bottle_argv(path: Path) -> list[str]:
+        return [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp / "egress.jsonl"), str(path),
+                "--", *AGENT_CMD]
+
+    contenders = {
+        "floor": [str(REPO / "benchmarks/start_floor.sh"), scanner_image, proxy_image(os.environ), agent_image,
+                  "--", *AGENT_CMD],
+        "bottle": bottle_argv(manifest),
+        "docker_run": [docker, "run", "--rm", agent_image, *AGENT_CMD],
+    }
+    if args.transparent:
+        contenders["bottle_transparent"] = bottle_argv(transparent)
     results: dict = {name: [] for name in contenders}
     leftovers: list[int] = []
     try:
@@ -158,13 +172,15 @@ def main() -> int:
         for argv in contenders.values():
             timed_run(argv, env, tmp, args.timeout)
         for i in range(args.runs):
+            shown, counted = [], len(leftovers)
             for name, argv in contenders.items():
-                results[name].append(timed_run(argv, env, tmp, args.timeout))
-            leftovers.append(count_leftovers(docker, results["bottle"][-1].pop("bottle_id")))
-            f, b = results["floor"][-1], results["bottle"][-1]
-            print(f"  run {i + 1}: floor {f['to_command_s']:.2f}s to command, {f['teardown_s']:.2f}s teardown | "
-                  f"bottle {b['to_command_s']:.2f}s to command, {b['teardown_s']:.2f}s teardown, "
-                  f"{leftovers[-1]} left over", file=sys.stderr, flush=True)
+                r = timed_run(argv, env, tmp, args.timeout)
+                results[name].append(r)
+                if "bottle_id" in r:
+                    leftovers.append(count_leftovers(docker, r.pop("bottle_id")))
+                shown.append(f"{name} {r['to_command_s']:.2f}s to command, {r['teardown_s']:.2f}s teardown")
+            print(f"  run {i + 1}: " + " | ".join(shown) + f" | {sum(leftovers[counted:])} left over",
+                  file=sys.stderr, flush=True)
     except Exception as e:
         print(f"start_time: error: {e}", file=sys.stderr)
         return 1
@@ -194,10 +210,15 @@ def main() -> int:
         },
     }
     print()
-    print(f"{'median of ' + str(args.runs):14s} {'to command':>11s} {'teardown':>9s} {'total':>8s}")
-    for name in contenders:
+    print(f"{'median of ' + str(args.runs):18s} {'to command':>11s} {'teardown':>9s} {'total':>8s}")
+    for name in results:
         m = med[name]
-        print(f"{name:14s} {m['to_command_s']:10.2f}s {m['teardown_s']:8.2f}s {m['total_s']:7.2f}s")
+        print(f"{name:18s} {m['to_command_s']:10.2f}s {m['teardown_s']:8.2f}s {m['total_s']:7.2f}s")
+    if "bottle_transparent" in med:
+        added = {k: med["bottle_transparent"][k] - med["bottle"][k] for k in ("to_command_s", "teardown_s")}
+        out["transparent_adds"] = added
+        print(f"transparent capture adds {added['to_command_s']:+.2f}s to command, "
+              f"{added['teardown_s']:+.2f}s to teardown (medians)")
     if "starting_at_s" in med["bottle"]:
         print(f"bottle milestones (median, from spawn): 'starting' {med['bottle']['starting_at_s']:.2f}s, "
               f"'egress log' {med['bottle'].get('egress_log_at_s', float('nan')):.2f}s, "

@@ -23,6 +23,7 @@ from bottle.errors import LogError
 from bottle.mitm.logformat import LOG_FORMAT, SCAN_COVERAGE
 
 DECISIONS = ("allow", "block", "would_block")
+CAPTURE_DROP = "capture_drop"  # an event line: what transparent capture rejected (bottle/launch/capture.py)
 _ABSENT = object()
 # Fields a request line must have, with their JSON types, for any tool to use it.
 _REQUEST_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -255,6 +256,7 @@ def _hand(raw: bytes, path: Path, number: int, on_entry: Callable[[Entry], None]
 
 
 def summary(entries: Iterable[Entry], path: Path, *, top: int = 3) -> str:
+    entries = list(entries)
     lines = requests(entries)
     decisions = collections.Counter(e["decision"] for e in lines)
     blocked = collections.Counter(e["host"].lower() for e in lines if e["decision"] == "block")
@@ -263,4 +265,9 @@ def summary(entries: Iterable[Entry], path: Path, *, top: int = 3) -> str:
     if blocked:
         ranked = sorted(blocked.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
         text += " (most blocked: " + ", ".join(f"{host} ×{n}" for host, n in ranked) + ")"
+    drops = [e for e in entries if e.kind == "event" and e.get("event") == CAPTURE_DROP]
+    if drops:
+        packets = sum(int(e.get("packets") or 0) for e in drops)
+        text += (f"; the capture rejected {packets} packet{'s' if packets != 1 else ''} to {len(drops)} "
+                 f"destination{'s' if len(drops) != 1 else ''}")
     return f"{text}; log: {path}"

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import click
 
-from bottle.egresslog import Entry
+from bottle.egresslog import CAPTURE_DROP, Entry
 from bottle.mitm.policy import host_matches
 
 COLUMNS = ("TIME", "DECISION", "STATUS", "METHOD", "HOST", "PATH", "RULE")
@@ -41,6 +41,10 @@ def cells(entry: Entry) -> tuple[list[str], str]:
     if entry.kind == "dns":
         return [clock, d.get("decision", ""), "-", "DNS", str(d.get("qname") or "?"), f"type {d.get('qtype')}", "-"], \
             d.get("reason", "")
+    if entry.kind == "event" and d.get("event") == CAPTURE_DROP:
+        where = str(d.get("address")) + (f":{d['port']}" if d.get("port") is not None else "")
+        return [clock, d.get("decision", ""), "-", str(d.get("protocol", "")).upper(), where,
+                f"({d.get('packets')} packets, rejected by the capture)", "-"], d.get("reason", "")
     if entry.kind == "event":
         return [clock, d.get("decision", ""), "-", "EVENT", str(d.get("event")), "", "-"], d.get("reason", "")
     default_port = {"https": 443, "http": 80}.get(str(d.get("scheme")), 443)

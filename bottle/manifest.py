@@ -336,6 +336,16 @@ MANIFEST_SCHEMA = Obj(
                             "would be blocked and let it through (secret scanning still blocks)."),
                         default="enforce",
                     ),
+                    "capture": Field(
+                        Str(choices=contract.CAPTURE_MODES,
+                            description="proxy (default): the agent reaches the world only through the proxy "
+                            "settings (HTTPS_PROXY); a program that ignores them cannot connect. transparent: "
+                            "every TCP connection the agent opens to ports 80, 443 and the ports of the allow "
+                            "rules goes through the proxy without any client setting (the host is the TLS SNI or "
+                            "the Host header), DNS answers the names the rules allow, and every other packet is "
+                            "rejected. Proxy settings keep working (docs/prds/0009-transparent-capture.md)."),
+                        default="proxy",
+                    ),
                     "allow": Field(ListOf(ALLOW_RULE, description="Allowed destinations."), default=list),
                     "routes": Field(ListOf(ROUTE, description="Credential routes."), default=list),
                     "upstream_ca": Field(Str(pattern=r"[^\0]+", expected="a path to a PEM file",
@@ -568,6 +578,12 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
         if name in RESERVED_AGENT_ENV:
             problems.append(Problem(("agent", "env", name), "a variable bottle does not set itself",
                                     f"{name}, which bottle sets to route traffic through the proxy"))
+    if egress["capture"] == "transparent":
+        ports = {80, 443, *(port for rule in egress["allow"] for port in rule["ports"])}
+        if len(ports) > contract.MAX_CAPTURED_PORTS:
+            problems.append(Problem(("egress", "capture"), f"at most {contract.MAX_CAPTURED_PORTS} distinct ports "
+                                    "in egress.allow with transparent capture (the proxy listens for each)",
+                                    f"{len(ports)} ports (80 and 443 included)"))
     problems.extend(_check_git(data))
     for i, alias in enumerate(data.get("kubernetes", {}).get("proxy_host_aliases", [])):
         if not _is_ip(alias["ip"]):

@@ -17,7 +17,7 @@ from typing import Any
 
 from bottle import __version__
 from bottle.manifest import Manifest
-from bottle.mitm.policy import AllowRule, GithubDeny, GitPolicy, GitRepository, Route, to_document
+from bottle.mitm.policy import AllowRule, CapturedPort, GithubDeny, GitPolicy, GitRepository, Route, to_document
 
 PROXY_IMAGE = f"bottle/proxy:{__version__}"
 PROXY_IMAGE_ENV = "BOTTLE_PROXY_IMAGE"
@@ -29,6 +29,13 @@ def proxy_image(env: Mapping[str, str]) -> str:
     return env.get(PROXY_IMAGE_ENV) or PROXY_IMAGE
 PROXY_PORT = 8080
 SCANNER_PORT = 9090
+DNS_PORT = 53
+# Transparent capture (docs/prds/0009): the proxy's listeners for captured ports are numbered
+# from here, clear of its own ports; DNS answers every allowed name with one address from
+# the benchmarking range (RFC 2544), which is no real host's, outside every container network.
+TRANSPARENT_LISTEN_BASE = 15001
+CAPTURE_DNS_ADDRESS = "198.18.0.1"
+ALWAYS_CAPTURED = (80, 443)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,10 +75,20 @@ class EgressSpec:
     routes: tuple[Route, ...]
     upstream_ca: str | None
     present_token_refs: frozenset[str] = frozenset()
+    capture: str = "proxy"  # proxy | transparent
 
     @property
     def token_refs(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(route.token_ref for route in self.routes))
+
+    @property
+    def captured_ports(self) -> tuple[CapturedPort, ...]:
+        """With transparent capture: 80, 443 and every port a rule names, each with the
+        proxy listener it is redirected to. Empty with proxy capture."""
+        if self.capture != "transparent":
+            return ()
+        ports = sorted({*ALWAYS_CAPTURED, *(port for rule in self.allow for port in rule.ports)})
+        return tuple(CapturedPort(port=port, listen=TRANSPARENT_LISTEN_BASE + i) for i, port in enumerate(ports))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,6 +212,7 @@ def build_plan(
             present_token_refs=frozenset(
                 r["auth"]["token_ref"] for r in egress["routes"] if env.get(r["auth"]["token_ref"])
             ),
+            capture=egress["capture"],
         ),
         scanner=ScannerSpec(image=data["scanner"]["image"], mode=data["scanner"]["mode"],
                             responses=data["scanner"]["responses"]),
@@ -277,6 +295,7 @@ def bottle_document(plan: BottlePlan, *, backend: str, memory: str) -> dict[str,
             "routes": [{**to_document(r), "token_present": r.token_ref in plan.egress.present_token_refs}
                        for r in plan.egress.routes],
             "upstream_ca": plan.egress.upstream_ca,
+            "capture": plan.egress.capture,
             "dns": "every lookup from the agent is answered NXDOMAIN by the proxy",
         },
         "git": to_document(plan.git),

@@ -104,6 +104,8 @@ class RunningBottle:
     proxy: str
     scanner: str
     addresses: Mapping[str, str]
+    # Transparent capture: the helper that lists what the capture rejected, run before teardown.
+    capture_report: tuple[str, ...] | None = None
 
 
 class BottleBackend(abc.ABC, Generic[P]):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from bottle.errors import StartError
 from bottle.launch.secrets import LaunchSecrets
-from bottle.mitm.policy import Dns, Listen, Policy, ScannerConfig
-from bottle.plan import PROXY_PORT, BottlePlan
+from bottle.mitm.policy import Dns, Listen, Policy, ScannerConfig, Transparent
+from bottle.plan import CAPTURE_DNS_ADDRESS, DNS_PORT, PROXY_PORT, BottlePlan
 
 SCANNER_TIMEOUT_SECONDS = 10.0
 SCANNER_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -29,8 +29,9 @@ def build_policy(
     placeholders: Mapping[str, str],
     upstream_ca_path: str | None,
     dns_host: str | None,
-    dns_port: int = 53,
+    dns_port: int = DNS_PORT,
 ) -> Policy:
+    captured = plan.egress.captured_ports
     return Policy(
         bottle=plan.bottle_id,
         mode=plan.egress.mode,
@@ -46,6 +47,7 @@ def build_policy(
         dns=Dns(host=dns_host, port=dns_port) if dns_host else None,
         git=plan.git,
         github_deny=plan.github_deny,
+        transparent=Transparent(ports=captured, dns_address=CAPTURE_DNS_ADDRESS) if captured else None,
     )
 
 

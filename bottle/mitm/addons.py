@@ -1,5 +1,7 @@
 """The proxy's addons, in the order mitmproxy calls them for every hook.
 
+0. TransparentDestination  a transparently captured connection goes to the host its TLS
+                           SNI or Host header names, never to the address the agent dialled
 1. RequestRecorder  notes for the log what the agent sent, before anything changes it
 2. RequestPipeline  decides every request (the order of its steps is the security argument)
 3. TlsPassthrough   leaves a `tls: passthrough` tunnel undecrypted (tls_clienthello only)
@@ -24,12 +26,14 @@ from bottle.mitm.push import GitPushReport
 from bottle.mitm.requestlog import RequestLog, RequestRecorder
 from bottle.mitm.responses import ResponseFilter
 from bottle.mitm.state import Runtime
+from bottle.mitm.transparent import TransparentDestination
 from bottle.mitm.upstream import UpstreamGuard
 from bottle.mitm.websocket import WebSocketScanner
 
 
 def make_addons(runtime: Runtime) -> list[Any]:
     return [
+        TransparentDestination(runtime),
         RequestRecorder(runtime),
         RequestPipeline(runtime),
         TlsPassthrough(runtime),

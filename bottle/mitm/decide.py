@@ -119,10 +119,8 @@ def check_ip_literal(host: str) -> Verdict:
 
 def check_connect(policy: Policy, host: str, port: int) -> Verdict:
     """CONNECT target check; IP literals and the scanner stay refused even in discover mode."""
-    if not (v := check_ip_literal(host)).allowed:
+    if not (v := _check_destination(policy, host)).allowed:
         return v
-    if normalize_host(host) == scanner_target(policy)[0]:
-        return block(403, "the scanner is not a destination")
     shown = loggable_host(normalize_host(host))
     rules = rules_for_host(policy, host)
     if not rules:
@@ -130,10 +128,38 @@ def check_connect(policy: Policy, host: str, port: int) -> Verdict:
     if not any(port in r.ports for r in rules):
         return _discover(policy, block(403, f"port {port} is not allowed for host {shown} by {rules[0].id}",
                                        rules[0].id))
-    if not any(_label_check(r, host) is None for r in rules):
-        rule = rules[0]
-        return _discover(policy, block(403, f"host {shown} under {rule.host}: {_label_check(rule, host)}", rule.id))
+    if (refusal := _labels(policy, host, rules)) is not None:
+        return refusal
     return ALLOW
+
+
+def check_name(policy: Policy, host: str) -> Verdict:
+    """Whether the proxy's DNS answers a name (transparent capture): what check_connect
+    decides without a port. An allowed verdict names the first rule for the host."""
+    if not (v := _check_destination(policy, host)).allowed:
+        return v
+    rules = rules_for_host(policy, host)
+    if not rules:
+        return _discover(policy, block(403, f"no rule allows host {loggable_host(normalize_host(host))}"))
+    if (refusal := _labels(policy, host, rules)) is not None:
+        return refusal
+    return Verdict(True, 200, rules[0].id, "")
+
+
+def _check_destination(policy: Policy, host: str) -> Verdict:
+    if not (v := check_ip_literal(host)).allowed:
+        return v
+    if normalize_host(host) == scanner_target(policy)[0]:
+        return block(403, "the scanner is not a destination")
+    return ALLOW
+
+
+def _labels(policy: Policy, host: str, rules: list[AllowRule]) -> Verdict | None:
+    if any(_label_check(r, host) is None for r in rules):
+        return None
+    rule = rules[0]
+    shown = loggable_host(normalize_host(host))
+    return _discover(policy, block(403, f"host {shown} under {rule.host}: {_label_check(rule, host)}", rule.id))
 
 
 # Past this many labels under a wildcard, a host name is treated as carrying data.
@@ -212,9 +238,10 @@ def _authority_port(authority: str) -> int | None:
     return None
 
 
-def check_fronting(connect_host: str, sni: str | None, host_header: str | None) -> Verdict:
-    """CONNECT target, TLS SNI and Host/:authority must name the same host."""
-    names = {"CONNECT target": normalize_host(connect_host)}
+def check_fronting(connect_host: str | None, sni: str | None, host_header: str | None) -> Verdict:
+    """CONNECT target, TLS SNI and Host/:authority must name the same host. A transparently
+    captured connection has no CONNECT target (None): its SNI and Host must agree."""
+    names = {} if connect_host is None else {"CONNECT target": normalize_host(connect_host)}
     if sni:
         names["TLS SNI"] = normalize_host(sni)
     if host_header:
@@ -223,6 +250,21 @@ def check_fronting(connect_host: str, sni: str | None, host_header: str | None) 
         shown = ", ".join(f"{k} {loggable_host(v)}" for k, v in names.items())
         return block(421, f"misdirected request: {shown} do not agree")
     return ALLOW
+
+
+def transparent_destination(tls: bool, sni: str | None, host_header: str | None) -> tuple[Verdict, str | None]:
+    """Where a transparently captured connection goes: the host its TLS SNI names, or for
+    plain HTTP its Host header. The address the agent dialled is never used, so a connection
+    that names no host has nowhere to go."""
+    if tls:
+        if not sni:
+            return block(421, "misdirected request: a captured TLS connection must name its host in the TLS "
+                              "SNI (bottle never connects to the address the agent dialled)"), None
+        return ALLOW, normalize_host(sni)
+    if not host_header or not split_authority(host_header):
+        return block(421, "misdirected request: a captured HTTP request must name its host in the Host "
+                          "header (bottle never connects to the address the agent dialled)"), None
+    return ALLOW, split_authority(host_header)
 
 
 def upstream_allowance(policy: Policy, host: str, port: int | None = None) -> bool | None:

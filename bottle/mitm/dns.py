@@ -1,19 +1,38 @@
-"""A deny-all DNS responder: every query gets NXDOMAIN at once, so stray lookups in the
-agent container fail in milliseconds instead of timing out. One JSON log line per query."""
+"""The agent's DNS, answered by the proxy itself; nothing is ever looked up upstream.
+
+With proxy capture every query gets NXDOMAIN at once, so stray lookups in the agent fail in
+milliseconds instead of timing out. With transparent capture (docs/prds/0009) a name the
+policy allows is answered with the capture's one address (A; every other type empty) and
+every other name NXDOMAIN: the agent learns no real address at all, and where a connection
+goes is decided by the name it then carries (TLS SNI, Host). Discover mode answers every
+name it would log as would_block. Only the agent gets answers; an error answers NXDOMAIN.
+One JSON log line per query."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import json
+import re
+import socket
 import struct
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
+from bottle.mitm import decide
+from bottle.mitm.decide import Verdict
+from bottle.mitm.policy import HOST_LABEL, Policy, normalize_host
+from bottle.mitm.redact import loggable_host
+
 REASON = "dns is disabled in the bottle"
+TTL_SECONDS = 60
 _NXDOMAIN = 3
 _FORMERR = 1
+_A = 1
+_ANY = 255
+_NAME = re.compile(rf"{HOST_LABEL}(?:\.{HOST_LABEL})*")
 
 
 class MalformedQuery(ValueError):
@@ -48,8 +67,11 @@ def parse_question(packet: bytes) -> tuple[int, int, str, int, int]:
     return qid, flags, ".".join(labels) + ".", qtype, pos + 4
 
 
-def answer(packet: bytes) -> tuple[bytes | None, dict[str, Any]]:
-    """The reply to send (None: drop) and the facts to log."""
+def answer(packet: bytes, address_for: Callable[[str], str | None] = lambda _qname: None
+           ) -> tuple[bytes | None, dict[str, Any]]:
+    """The reply to send (None: drop) and the facts to log. `address_for(qname)` is the
+    IPv4 address to answer a name with, or None for NXDOMAIN; a name it answers gets that
+    address for A (and ANY) queries and an empty answer for every other type."""
     try:
         qid, flags, qname, qtype, end = parse_question(packet)
     except MalformedQuery as e:
@@ -60,10 +82,42 @@ def answer(packet: bytes) -> tuple[bytes | None, dict[str, Any]]:
             return None, {"qname": None, "qtype": None, "error": str(e)}
         reply_flags = 0x8000 | (flags & 0x7900) | _FORMERR
         return struct.pack("!HHHHHH", qid, reply_flags, 0, 0, 0, 0), {"qname": None, "qtype": None, "error": str(e)}
-    # QR=1, keep opcode and RD, RA=1, RCODE=NXDOMAIN; echo the question.
-    reply_flags = 0x8000 | (flags & 0x7900) | 0x0080 | _NXDOMAIN
-    header = struct.pack("!HHHHHH", qid, reply_flags, 1, 0, 0, 0)
-    return header + packet[12:end], {"qname": qname, "qtype": qtype}
+    address = address_for(qname)
+    # QR=1, keep opcode and RD, RA=1; echo the question.
+    reply_flags = 0x8000 | (flags & 0x7900) | 0x0080 | (_NXDOMAIN if address is None else 0)
+    records = b""
+    if address is not None and qtype in (_A, _ANY):
+        # The name as a pointer to the question (offset 12), type A, class IN, TTL, 4 bytes.
+        records = struct.pack("!HHHIH", 0xC00C, _A, 1, TTL_SECONDS, 4) + socket.inet_aton(address)
+    header = struct.pack("!HHHHHH", qid, reply_flags, 1, 1 if records else 0, 0, 0)
+    return header + packet[12:end] + records, {"qname": qname, "qtype": qtype}
+
+
+def nxdomain(packet: bytes) -> bytes | None:
+    """NXDOMAIN for a query that could not be decided (None: nothing that can be answered)."""
+    try:
+        return answer(packet)[0]
+    except Exception:
+        return None
+
+
+def decide_name(policy: Policy | None, client: str, qname: str) -> Verdict:
+    """Whether a name is answered: only with transparent capture, only for the agent, only a
+    host name the policy allows (decide.check_name: IP literals, the scanner, wildcard labels
+    that look like data and unknown hosts are refused; discover mode answers them)."""
+    if policy is None or policy.transparent is None:
+        return decide.block(0, REASON)
+    if not (verdict := decide.check_client(policy, client)).allowed:
+        return verdict
+    name = normalize_host(qname)
+    if not _NAME.fullmatch(name):
+        return decide.block(0, f"not a host name: {qname!r}")
+    return decide.check_name(policy, name)
+
+
+def _loggable(qname: str | None) -> str | None:
+    """Labels that look like tokens are redacted, as in request lines (a name can carry data)."""
+    return None if qname is None else loggable_host(qname.rstrip(".")) + "."
 
 
 def emit_stdout(line: dict[str, Any]) -> None:
@@ -71,19 +125,36 @@ def emit_stdout(line: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-class DenyAllDns:
-    def __init__(self, bottle: str, emit: Callable[[dict[str, Any]], None] = emit_stdout) -> None:
-        self.bottle = bottle
+class DnsResponder:
+    """Answers the agent's DNS from the live policy: with proxy capture every query is
+    refused; with transparent capture the names the policy allows get its one address."""
+
+    def __init__(self, runtime: Any, emit: Callable[[dict[str, Any]], None] = emit_stdout) -> None:
+        self.runtime = runtime  # bottle.mitm.state.Runtime
         self.emit = emit
         self._servers: list[Any] = []
 
     def handle(self, packet: bytes, client: str, transport: str) -> bytes | None:
-        reply, facts = answer(packet)
+        policy = self.runtime.policy
+        verdicts: list[Verdict] = []
+
+        def address_for(qname: str) -> str | None:
+            verdicts.append(verdict := decide_name(policy, client, qname))
+            return policy.transparent.dns_address if verdict.allowed else None
+
+        try:
+            reply, facts = answer(packet, address_for)
+            verdict = verdicts[0] if verdicts else decide.block(0, f"malformed dns query: {facts['error']}")
+        except Exception as e:  # fail closed: a name that could not be decided does not exist
+            print(f"bottle: dns answer failed, NXDOMAIN: {traceback.format_exc()}", file=sys.stderr, flush=True)
+            reply, facts = nxdomain(packet), {"qname": None, "qtype": None}
+            verdict = decide.block(0, f"internal error in bottle's dns answer ({type(e).__name__})")
         self.emit({
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "bottle": self.bottle, "client": client, "protocol": f"dns/{transport}",
-            "qname": facts["qname"], "qtype": facts["qtype"],
-            "decision": "block", "reason": REASON if "error" not in facts else f"malformed dns query: {facts['error']}",
+            "bottle": policy.bottle if policy else None, "client": client, "protocol": f"dns/{transport}",
+            "qname": _loggable(facts["qname"]), "qtype": facts["qtype"],
+            "decision": "would_block" if verdict.would_block else "allow" if verdict.allowed else "block",
+            "rule": verdict.rule_id, "reason": verdict.reason,
         })
         return reply
 
@@ -117,7 +188,7 @@ class DenyAllDns:
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, dns: DenyAllDns) -> None:
+    def __init__(self, dns: DnsResponder) -> None:
         self.dns = dns
         self.transport: asyncio.DatagramTransport | None = None
 

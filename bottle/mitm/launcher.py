@@ -159,13 +159,20 @@ class Launcher:
             self.master._termlog_addon.logger.file = sys.stderr
         self.master.addons.add(*make_addons(self.runtime), _StatusOnRunning(self))
         listen = self.policy.listen
+        # With transparent capture the agent's redirected connections arrive at one listener
+        # per captured port (bottle.mitm.transparent); proxy-aware clients keep the regular one.
+        captured = self.policy.transparent.ports if self.policy.transparent else ()
+        modes = [f"regular@{listen.host}:{listen.port}", *(f"transparent@{listen.host}:{p.listen}" for p in captured)]
         opts.update(
-            mode=[f"regular@{listen.host}:{listen.port}"],
+            mode=modes,
             confdir=str(self.confdir),
             # The upstream connection (TCP and TLS, no request byte) is made as soon as the
             # tunnel is allowed, so it overlaps the agent's TLS handshake and pipelock's scan
             # instead of following them; a request goes upstream only after its verdict.
-            connection_strategy="eager",
+            # Not with transparent listeners: there the destination is known only from the
+            # SNI or Host header (bottle.mitm.transparent), and an eager connection would go
+            # to the address the agent dialled, which is never a destination.
+            connection_strategy="lazy" if captured else "eager",
             upstream_cert=False,
             rawtcp=False,
             http3=False,
@@ -183,9 +190,9 @@ class Launcher:
         (self.state_dir / "launcher.pid").write_text(f"{os.getpid()}\n")
 
         if self.policy.dns is not None:
-            from bottle.mitm.dns import DenyAllDns
+            from bottle.mitm.dns import DnsResponder
 
-            self.dns = DenyAllDns(self.policy.bottle)
+            self.dns = DnsResponder(self.runtime)
             await self.dns.start(self.policy.dns.host, self.policy.dns.port)
 
         deadline = time.monotonic() + SCANNER_PROBE_SECONDS
@@ -216,8 +223,9 @@ class Launcher:
                 # The policy being served (e.g. a wake-up SIGHUP that came late): nothing to do.
                 write_status(self.status_path, "serving", sha, None)
                 return
-            if policy.listen != self.policy.listen or policy.dns != self.policy.dns:
-                raise PolicyError("listen and dns cannot change on reload; restart the proxy")
+            fixed = (self.policy.listen, self.policy.dns, self.policy.transparent)
+            if (policy.listen, policy.dns, policy.transparent) != fixed:
+                raise PolicyError("listen, dns and transparent cannot change on reload; restart the proxy")
             if policy.upstream_ca != self.policy.upstream_ca:
                 write_trust_bundle(policy, self.trust_path)
                 self.master.options.update(ssl_verify_upstream_trusted_ca=str(self.trust_path))
@@ -299,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     from bottle.mitm import patches
 
     patches.install()
+    patches.install_original_port(lambda listen: launcher.policy.transparent.original_port(listen)
+                                  if launcher.policy and launcher.policy.transparent else None)
     try:
         wait_for_files([args.policy, args.confdir / "mitmproxy-ca.pem"], args.wait_for_files)
     except FileNotFoundError as e:

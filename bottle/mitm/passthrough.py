@@ -3,7 +3,8 @@ authenticate with their own (mutual TLS): the tunnel is forwarded without decryp
 
 Only the connection is checked, because only the connection is seen: the CONNECT target
 and port were checked against the rules when the tunnel was asked for (the pipeline's
-`http_connect`), and here the TLS SNI must name the same host. A ClientHello without SNI or
+`http_connect`; for a transparently captured connection, whose host is its SNI, here), and
+here the TLS SNI must name the same host. A ClientHello without SNI or
 naming another host is decrypted instead, and then refused by the pipeline like any request
 on a passthrough rule (which allows no decrypted request) or as domain fronting. The
 upstream connection still goes through UpstreamGuard and the resolver guard.
@@ -37,6 +38,11 @@ class TlsPassthrough:
         rule = decide.passthrough_rule(policy, host, port)
         sni = data.client_hello.sni
         if rule is None or not sni or normalize_host(sni) != normalize_host(host):
+            return
+        # A transparently captured connection asked no CONNECT, so nothing has checked its
+        # host yet (under a wildcard: its labels); for a CONNECT this repeats that check.
+        connect = decide.check_connect(policy, host, port)
+        if not connect.allowed or connect.would_block:
             return
         peer = data.context.client.peername
         client = decide.normalize_client_ip(str(peer[0])) if peer else "unknown"

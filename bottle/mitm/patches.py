@@ -18,11 +18,20 @@ version (requirements/egress-proxy.txt); `install()` is called once by the launc
    reasons without a hook, so neither the scanner nor the credential scrubber sees them.
    Payloads longer than a short heartbeat token are emptied, in both directions: up to 125
    bytes could otherwise carry a secret out or a reflected credential in.
+4. **The original port of a captured connection** (transparent capture,
+   docs/prds/0009-transparent-capture.md). mitmproxy's transparent mode asks the platform for
+   a connection's original destination (SO_ORIGINAL_DST), which the proxy's kernel does not
+   have: the rewrite happened in the agent's namespace. Here it is the listener's own address
+   with the port the agent dialled, told by the listener (`install_original_port`, called by
+   the launcher with the policy's lookup); the address itself is never used as a destination
+   (bottle.mitm.transparent).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import socket
+from collections.abc import Callable
 
 import wsproto.events
 from mitmproxy import http
@@ -93,3 +102,18 @@ def _empty_control_frame_payloads() -> None:
         return original(self, event)
 
     websocket.WebsocketConnection.send2 = send2
+
+
+def install_original_port(original_port: Callable[[int], int | None]) -> None:
+    """A listener the policy does not name fails the lookup, and mitmproxy then closes the
+    connection."""
+    from mitmproxy import platform
+
+    def original_addr(sock: socket.socket) -> tuple[str, int]:
+        host, listen = sock.getsockname()[:2]
+        port = original_port(listen)
+        if port is None:
+            raise OSError(f"bottle: no captured port is redirected to listener {listen}")
+        return host, port
+
+    platform.original_addr = original_addr

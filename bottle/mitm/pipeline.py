@@ -4,7 +4,8 @@ Every request passes these steps top-down, and the first refusal ends it:
 
     client      the connection comes from this bottle's agent
     target      the request names its tunnel's host (origin-form, or the tunnel's authority)
-    fronting    CONNECT target, TLS SNI and Host name the same host
+    fronting    CONNECT target, TLS SNI and Host name the same host (a transparently
+                captured connection has no CONNECT target: SNI and Host must agree)
     allow       a rule allows host, port, method and path (discover: logged, passed);
                 the scanner itself is never a destination
     credentials placeholders stay on their routes; the real credential is available
@@ -29,7 +30,7 @@ import dataclasses
 from mitmproxy import http
 
 from bottle.mitm import credentials, decide, git, github, push
-from bottle.mitm import incremental
+from bottle.mitm import incremental, transparent
 from bottle.mitm.bodies import UnscannableBody, decode_content, request_head, request_texts, unpack_body
 from bottle.mitm.policy import AllowRule, Policy, normalize_host
 from bottle.mitm.scanner import ScannerUnavailable
@@ -143,7 +144,9 @@ class RequestPipeline:
         return None
 
     def _fronting(self, r: _Request) -> Refusal | None:
-        verdict = decide.check_fronting(r.req.host, r.flow.client_conn.sni, r.req.host_header)
+        # A captured connection has no CONNECT target: its host came from the SNI (or Host).
+        connect_host = None if transparent.is_transparent(r.flow.client_conn) else r.req.host
+        verdict = decide.check_fronting(connect_host, r.flow.client_conn.sni, r.req.host_header)
         if not verdict.allowed:
             r.st.logged_host = decide.authority_host(r.req.host_header or "")  # where the request meant to go
         return self._judge(r, verdict)

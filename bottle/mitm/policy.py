@@ -27,6 +27,9 @@ RESPONSE_SCAN_MODES = ("off", "warn", "block")
 SCHEMES = ("bearer", "token", "basic", "header")
 GIT_ACCESS = ("read", "push")
 TLS_MODES = ("intercept", "passthrough")
+CAPTURE_MODES = ("proxy", "transparent")
+# Transparent capture opens one proxy listener per captured port.
+MAX_CAPTURED_PORTS = 64
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MIN_PLACEHOLDER_LENGTH = 16
 DEFAULT_MAX_LABEL_ENTROPY = 3.5
@@ -200,6 +203,31 @@ class Dns:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CapturedPort:
+    """A TCP port the agent connects to, and the proxy's transparent listener the capture
+    redirects those connections to."""
+
+    port: int
+    listen: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transparent:
+    """Transparent capture (`egress.capture: transparent`, docs/prds/0009-transparent-capture.md):
+    the rules in the agent's network namespace send its TCP connections to `ports` to the
+    proxy's listeners, and the proxy's DNS answers each name the policy allows with
+    `dns_address` (the same address for every name: where a connection goes is the name in
+    its TLS SNI or Host header, never the address the agent dialled)."""
+
+    ports: tuple[CapturedPort, ...]
+    dns_address: str
+
+    def original_port(self, listen: int) -> int | None:
+        """The port the agent connected to, by the listener that accepted the connection."""
+        return next((p.port for p in self.ports if p.listen == listen), None)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScannerConfig:
     """How the proxy reaches pipelock's scan API."""
 
@@ -228,6 +256,7 @@ class Policy:
     dns: Dns | None
     git: GitPolicy | None = None
     github_deny: tuple[GithubDeny, ...] = ()
+    transparent: Transparent | None = None  # None: the agent reaches the proxy only as a proxy
 
     def __repr__(self) -> str:  # placeholders and the scanner token stay out of tracebacks
         return f"Policy(bottle={self.bottle!r}, mode={self.mode!r}, allow={len(self.allow)}, routes={len(self.routes)})"
@@ -247,6 +276,7 @@ class Policy:
             "dns": to_document(self.dns),
             "git": to_document(self.git),
             "github": {"deny": to_document(self.github_deny)} if self.github_deny else None,
+            "transparent": to_document(self.transparent),
         }
 
     def to_json(self) -> str:
@@ -293,11 +323,14 @@ def parse_policy(text: str) -> Policy:
     git = None if git_raw is None else _parse_git(git_raw, "git")
     github_raw = obj.take("github", dict, optional=True)
     github_deny = () if github_raw is None else _parse_github(github_raw, "github")
+    transparent_raw = obj.take("transparent", dict, optional=True)
+    transparent = None if transparent_raw is None else _parse_transparent(
+        transparent_raw, "transparent", {listen.port, *((dns.port,) if dns else ())})
     obj.finish()
     _check_unique([r.id for r in allow] + [r.id for r in routes], "allow/routes id")
     return Policy(bottle=bottle, mode=mode, listen=listen, clients=clients, allow=allow, routes=routes,
                   placeholders=placeholders, scanner=scanner, upstream_ca=upstream_ca, dns=dns, git=git,
-                  github_deny=github_deny)
+                  github_deny=github_deny, transparent=transparent)
 
 
 class _Obj:
@@ -488,6 +521,29 @@ def _parse_github(data: dict, where: str) -> tuple[GithubDeny, ...]:
     obj.finish()
     _check_unique([d.id for d in out], "github.deny id")
     return tuple(out)
+
+
+def _parse_transparent(data: dict, where: str, own_ports: set[int]) -> Transparent:
+    obj = _Obj(data, where)
+    raw_ports = obj.take("ports", list)
+    address = _parse_ip(obj.take("dns_address", str), obj.key("dns_address"))
+    obj.finish()
+    if not 0 < len(raw_ports) <= MAX_CAPTURED_PORTS:
+        raise PolicyError(f"{obj.key('ports')}: must list 1 to {MAX_CAPTURED_PORTS} ports")
+    ports = []
+    for i, raw in enumerate(raw_ports):
+        p = _Obj(raw, f"{obj.key('ports')}[{i}]")
+        port = _port(p.take("port", int), p.key("port"))
+        listener = _port(p.take("listen", int), p.key("listen"))
+        p.finish()
+        if listener in own_ports:
+            raise PolicyError(f"{p.key('listen')}: {listener} is a port the proxy already serves")
+        ports.append(CapturedPort(port=port, listen=listener))
+    _check_unique([str(p.port) for p in ports], f"{obj.key('ports')} port")
+    _check_unique([str(p.listen) for p in ports], f"{obj.key('ports')} listen")
+    if ipaddress.ip_address(address).version != 4:
+        raise PolicyError(f"{obj.key('dns_address')}: must be an IPv4 address (the agent has no IPv6)")
+    return Transparent(ports=tuple(ports), dns_address=address)
 
 
 def _parse_scanner(data: dict, where: str) -> ScannerConfig:

@@ -10,7 +10,8 @@ left out when the proxy already has its CA (mounted from a Kubernetes Secret).
 --reach first checks that packets pass between the proxy and ADDRESS (the agent): a
 connection to a port nothing listens on must be refused (or accepted), not time out;
 a timeout means something on the host drops them. It exits 3 then, so the host can say
-what to fix. Doing it here saves the host a second exec and Python start.
+what to fix. Doing it here saves the host a second exec and Python start; --reach-only
+does just the check (for a start that must run something between it and the delivery).
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--reach", metavar="ADDRESS")
     parser.add_argument("--reach-timeout", type=float, default=3.0, metavar="SECONDS")
+    parser.add_argument("--reach-only", action="store_true", help="check --reach and receive nothing")
     args = parser.parse_args(argv)
     if args.reach:
         try:
@@ -156,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
             return EXIT_UNREACHABLE
+    if args.reach_only:
+        return 0
     waiting = args.dir / WAITING_DIR / str(os.getpid())
     with woken_by(signal.SIGUSR1):
         return _receive(args, waiting)

@@ -106,7 +106,7 @@ class RequestLog:
             client=peer_ip(flow),
             method=method,
             scheme=req.scheme,
-            host=loggable_host(st.logged_host or req.host),
+            host=loggable_host(req.host if st.logged_host is None else st.logged_host),
             port=req.port,
             path=path if req.method != "CONNECT" else "",
             status=status,

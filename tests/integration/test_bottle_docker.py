@@ -113,7 +113,23 @@ def tcp(host, port):
     finally:
         s.close()
 
-out["direct_tcp_upstream"] = tcp(up_ip, 443)
+def http(host, port):
+    # Plain HTTP to an address: with transparent capture the proxy answers (and refuses the
+    # IP literal); otherwise there is no route at all.
+    s = socket.socket(); s.settimeout(3)
+    try:
+        s.connect((host, port))
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        return data.split(b"\r\n", 1)[0].decode() + (" (bottle)" if b"x-bottle-decision: block" in data.lower() else "")
+    except OSError as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
+out["direct_tcp_upstream"] = http(up_ip, 443)
 out["direct_tcp_scanner"] = tcp(scanner_ip, 9090)
 try:
     socket.getaddrinfo("pipelock", 9090); out["scanner_name"] = "resolved"
@@ -179,11 +195,18 @@ print(json.dumps(out))
 """
 
 
-def start_in_background(engine: Engine, manifest_path: Path, command: list[str], tmp_path: Path) -> subprocess.Popen:
+def start_in_background(engine: Engine, manifest_path: Path, command: list[str], tmp_path: Path,
+                        env: dict[str, str] | None = None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "bottle", "start", "--egress-log", str(tmp_path / "bg.jsonl"), str(manifest_path),
             "--", *command]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=bottle_env(engine.env),
-                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=bottle_env({**engine.env, **(env or {})}), stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+
+def send_go(workspace: Path, go: dict) -> None:
+    """Hand the waiting agent its instructions (it starts reading once the file appears whole)."""
+    (workspace / "go.tmp").write_text(json.dumps(go))
+    (workspace / "go.tmp").rename(workspace / "go")
 
 
 def wait_for_go(workspace: Path, seconds: float = 90) -> None:
@@ -266,14 +289,21 @@ def host_addresses() -> list[str]:
     return sorted(a for a in found if not a.startswith("127.") and a != "::1")
 
 
-def test_no_way_around_the_proxy(manifest, tmp_path, upstream, engine):
+def with_capture(rules: str, capture: str) -> str:
+    return rules.replace("egress:\n", f"egress:\n  capture: {capture}\n", 1)
+
+
+@pytest.mark.parametrize("capture", ["proxy", "transparent"])
+def test_no_way_around_the_proxy(manifest, tmp_path, upstream, engine, capture):
     """Direct TCP, UDP, DNS of any type, the host on any address (IPv4 or IPv6), the
-    scanner and the CA key are all out of the agent's reach."""
+    scanner and the CA key are all out of the agent's reach, in both capture modes (with
+    transparent capture a connection to port 443 of any address reaches only the proxy)."""
     workspace = tmp_path / "ws"
     workspace.mkdir(mode=0o777)
     workspace.chmod(0o777)
     (workspace / "probe.py").write_text(ISOLATION_PROBE)
-    path = manifest(AGENT_RULES + "agent:\n  workspace: ws\n")
+    path = manifest(with_capture(AGENT_RULES, capture) + "agent:\n  workspace: ws\n")
+    connects_before = len(upstream.connects())
     script = ("touch /workspace/ready; while [ ! -f /workspace/go ]; do sleep 0.1; done; "
               "python3 /workspace/probe.py")
     udp_log = start_udp_listener(upstream)
@@ -295,9 +325,7 @@ def test_no_way_around_the_proxy(manifest, tmp_path, upstream, engine):
         scanner = bottle_containers(engine, bottle_id)["pipelock"]
         scanner_net = json.loads(engine("inspect", "--format", "{{json .NetworkSettings.Networks}}", scanner).stdout)
         scanner_ip = next(iter(scanner_net.values()))["IPAddress"]
-        go = {"upstream": upstream.ip, "scanner": scanner_ip, "host": addresses, "port": listener.port}
-        (workspace / "go.tmp").write_text(json.dumps(go))
-        (workspace / "go.tmp").rename(workspace / "go")
+        send_go(workspace, {"upstream": upstream.ip, "scanner": scanner_ip, "host": addresses, "port": listener.port})
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -307,7 +335,11 @@ def test_no_way_around_the_proxy(manifest, tmp_path, upstream, engine):
     assert result["host"] and not [a for a, r in result["host"].items() if r == "connected"], result["host"]
     assert listener.seen == []  # neither TCP nor UDP reached the host, on any address
     assert result["ipv6_addresses"] == []
-    assert result["direct_tcp_upstream"] != "connected"
+    if capture == "transparent":
+        assert result["direct_tcp_upstream"] == "HTTP/1.1 403 Forbidden (bottle)"  # the proxy, refusing
+    else:
+        assert not result["direct_tcp_upstream"].startswith("HTTP"), result["direct_tcp_upstream"]
+    assert len(upstream.connects()) == connects_before
     assert result["direct_tcp_scanner"] != "connected"
     assert result["scanner_name"] == "gaierror"
     for qtype, answer in result["dns"].items():
@@ -507,15 +539,21 @@ def test_an_absolute_form_target_in_a_tunnel_reaches_no_other_host_and_no_creden
 # On Podman the scanner has no name at all (no DNS on internal networks): the isolation
 # probe covers it there; on Docker its alias must not become a destination in discover mode.
 @pytest.mark.parametrize("engine", ["docker"], indirect=True)
-def test_in_discover_mode_the_agent_still_cannot_reach_the_scanner(manifest, run_bottle):
-    rules = "egress:\n  mode: discover\n  allow: []\n"
+@pytest.mark.parametrize("capture", ["proxy", "transparent"])
+def test_in_discover_mode_the_agent_still_cannot_reach_the_scanner(manifest, run_bottle, capture):
+    rules = f"egress:\n  mode: discover\n  capture: {capture}\n  allow: []\n"
     script = ("curl -sS -o /dev/null -w '%{http_code}\\n' -X POST -d '{}' http://pipelock:9090/api/v1/scan; "
-              "curl -sS -o /dev/null -w '%{http_connect}\\n' https://pipelock:9090/api/v1/scan; true")
+              "curl -sS -o /dev/null -w '%{http_connect}\\n' https://pipelock:9090/api/v1/scan; "
+              # Without proxy settings: discover mode answers names it would only log, never the scanner's.
+              "curl -sS --noproxy '*' -o /dev/null -w '%{http_code}\\n' http://pipelock:9090/api/v1/scan; true")
     run = run_bottle(manifest(rules), "sh", "-c", script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split()[:2] == ["403", "403"]
+    assert run.stdout.split() == ["403", "403", "000"]
     reasons = {line["reason"] for line in run.requests() if line["host"] == "pipelock"}
     assert reasons == {"the scanner is not a destination"}
+    if capture == "transparent":
+        assert {(line["decision"], line["reason"]) for line in run.log() if line.get("qname") == "pipelock."} == {
+            ("block", "the scanner is not a destination")}
 
 
 def test_a_passthrough_host_is_reached_without_decryption_and_logged_unscanned(manifest, run_bottle, upstream):
@@ -550,7 +588,7 @@ def test_bottle_logs_follows_a_running_bottle_and_stops_when_it_does(manifest, u
             assert start.poll() is None and time.monotonic() < deadline, start.communicate()
             time.sleep(0.1)
         follow = subprocess.run([sys.executable, "-m", "bottle", "logs", "-f", "--format", "json", str(log)],
-                                capture_output=True, text=True, env=bottle_env(), timeout=120)
+                                capture_output=True, text=True, env=bottle_env(engine.env), timeout=120)
         start.wait(timeout=60)
     finally:
         if start.poll() is None:

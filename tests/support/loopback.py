@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bottle.launch.pipelock_config import render_pipelock_config
-from bottle.mitm.policy import AllowRule, Listen, Policy, Route, ScannerConfig
+from bottle.mitm.policy import AllowRule, CapturedPort, Listen, Policy, Route, ScannerConfig, Transparent
 from tests.support.certs import make_upstream_pki
 from tests.support.prereq import pipelock_binary
 
@@ -66,7 +66,8 @@ def make_bottle_ca(confdir: Path, tmp: Path) -> Path:
 
 
 def policy_json(*, proxy_port, upstream_ca, scanner_port, allow, routes=(), mode="enforce",
-                scanner_mode="block", max_body_bytes=8388608, responses="warn") -> str:
+                scanner_mode="block", max_body_bytes=8388608, responses="warn",
+                transparent: Transparent | None = None) -> str:
     """The policy file, written by the contract's own writer (bottle/mitm/policy.py)."""
     return Policy(
         bottle="bottle-loopback", mode=mode, listen=Listen(host="127.0.0.1", port=proxy_port),
@@ -74,7 +75,7 @@ def policy_json(*, proxy_port, upstream_ca, scanner_port, allow, routes=(), mode
         placeholders={r.token_ref: PLACEHOLDER for r in routes},
         scanner=ScannerConfig(url=f"http://127.0.0.1:{scanner_port}/api/v1/scan", token=TOKEN, mode=scanner_mode,
                               timeout_seconds=10.0, max_body_bytes=max_body_bytes, responses=responses),
-        upstream_ca=str(upstream_ca), dns=None,
+        upstream_ca=str(upstream_ca), dns=None, transparent=transparent,
     ).to_json()
 
 
@@ -97,7 +98,7 @@ class Loopback:
 
     def __init__(self, tmp: Path, *, upstream: str = "test", allow: Sequence[AllowRule] = (),
                  routes: Sequence[Route] | None = None, mode: str = "enforce", max_body_bytes: int = 8388608,
-                 responses: str = "warn") -> None:
+                 responses: str = "warn", transparent: bool = False) -> None:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen] = {}
         self.upstream_log = tmp / "upstream.log"
@@ -110,6 +111,7 @@ class Loopback:
         self.mode = mode
         self.max_body_bytes = max_body_bytes
         self.responses = responses
+        self.transparent = transparent
 
     def _upstream_argv(self, certs: dict[str, Path]) -> list[str]:
         tls = ["--port", str(self.upstream_port), "--cert", str(certs["cert"]), "--key", str(certs["key"])]
@@ -135,11 +137,16 @@ class Loopback:
         self.bottle_ca = make_bottle_ca(confdir, self.tmp)
         self.proxy_port = free_port()
         allow = [dataclasses.replace(r, ports=(self.upstream_port,)) for r in self.allow]
+        # Transparent: the upstream's port is captured to a listener of its own, as the
+        # capture's nftables rules would redirect it (curl's --connect-to stands in for them).
+        self.transparent_port = free_port() if self.transparent else None
+        transparent = Transparent(ports=(CapturedPort(port=self.upstream_port, listen=self.transparent_port),),
+                                  dns_address="198.18.0.1") if self.transparent else None
         self.policy_path = self.tmp / "run" / "policy.json"
         self.policy_path.write_text(policy_json(proxy_port=self.proxy_port, upstream_ca=certs["upstream_ca"],
                                                 scanner_port=self.scanner_port, allow=allow, routes=self.routes,
                                                 mode=self.mode, max_body_bytes=self.max_body_bytes,
-                                                responses=self.responses))
+                                                responses=self.responses, transparent=transparent))
         self.upstream_ca = certs["upstream_ca"]
         wait_port(self.scanner_port, self.procs["pipelock"])
         wait_port(self.upstream_port, self.procs["upstream"])
@@ -173,6 +180,19 @@ class Loopback:
             ["curl", "-sS", "--noproxy", "", "--proxy", f"http://127.0.0.1:{self.proxy_port}",
              "--cacert", str(self.bottle_ca), "-o", "-", "-w", "\n%{http_code}", "--max-time", str(timeout),
              *args, f"https://{host}:{self.upstream_port}{path}"],
+            capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def curl_transparent(self, path: str, *args: str, host: str = "localhost", scheme: str = "https",
+                         timeout: float = 60) -> tuple[int, str]:
+        """curl with no proxy at all, its connection redirected to the transparent listener as
+        the capture's DNAT would (`--connect-to`): it sends SNI and Host for `host`."""
+        out = subprocess.run(
+            ["curl", "-sS", "--noproxy", "*", "--connect-to", f"{host}:{self.upstream_port}:127.0.0.1:"
+             f"{self.transparent_port}", "--cacert", str(self.bottle_ca), "-o", "-", "-w", "\n%{http_code}",
+             "--max-time", str(timeout), *args, f"{scheme}://{host}:{self.upstream_port}{path}"],
             capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         )
         body, _, code = out.stdout.rpartition("\n")

@@ -46,7 +46,7 @@ def test_invalid_manifest_exits_3_with_the_problem_and_no_traceback(tmp_path, ca
     assert main(["validate", str(bad)]) == 3
     err = capsys.readouterr().err
     assert err == (
-        f"Error: {bad}:4: egress.alow: expected one of the keys mode, allow, routes, upstream_ca; "
+        f"Error: {bad}:4: egress.alow: expected one of the keys mode, capture, allow, routes, upstream_ca; "
         "found unknown key 'alow' (did you mean 'allow'?)\n"
     )
     assert "Traceback" not in err

@@ -192,3 +192,22 @@ def test_logs_follow_on_a_finished_log_prints_it_and_returns(log):
     rows = result.stdout.splitlines()
     assert rows[0].split() == ["TIME", "DECISION", "STATUS", "METHOD", "HOST", "PATH", "RULE", "REASON"]
     assert [row.split()[1] for row in rows[1:]] == ["block", "block", "would_block", "block"]
+
+
+def test_what_the_capture_rejected_shows_as_rows_and_in_the_summary(tmp_path):
+    from bottle.launch.capture import Dropped, drop_lines
+
+    dropped = [Dropped(protocol="tcp", address="93.184.216.34", port=22, packets=3),
+               Dropped(protocol="icmp", address="93.184.216.34", port=None, packets=1)]
+    path = tmp_path / "bottle-claude-3f9a2c.jsonl"
+    lines = drop_lines(dropped, bottle="bottle-claude-3f9a2c", client="172.20.0.3")
+    path.write_text(LOG[0] + "\n" + "".join(json.dumps(l) + "\n" for l in lines))
+    result = CliRunner().invoke(cli, ["logs", "--blocked", str(path)])
+    assert result.exit_code == 0, result.output
+    reason = "transparent capture: only TCP to captured ports and DNS leave the agent; this was rejected"
+    assert [" ".join(row.split()[1:]) for row in result.output.splitlines()[1:]] == [
+        f"block - TCP 93.184.216.34:22 (3 packets, rejected by the capture) - {reason}",
+        f"block - ICMP 93.184.216.34 (1 packets, rejected by the capture) - {reason}",
+    ]
+    assert egresslog.summary(egresslog.read_log(path), path) == (
+        f"bottle: 1 request, 0 blocked, 0 would_block; the capture rejected 4 packets to 2 destinations; log: {path}")

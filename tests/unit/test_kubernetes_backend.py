@@ -156,6 +156,17 @@ def test_a_host_workspace_is_refused_with_a_reason(write_manifest):
     assert refused.value.exit_code == 6
 
 
+
+def test_transparent_capture_is_refused_with_a_reason(write_manifest):
+    path = write_manifest("version: 1\nname: demo\negress: {capture: transparent}\n")
+    with pytest.raises(NotSupportedError) as refused:
+        kp.kubernetes_plan(build_plan(load_manifest(path), env={}, run_id="r1"), namespace="n", context=None)
+    assert refused.value.message == (
+        "egress.capture: transparent is not supported on the kubernetes backend: installing the capture needs "
+        "NET_ADMIN in the agent Pod, which the restricted Pod Security Standard forbids\n"
+        "Tip: use egress.capture: proxy (the default) on Kubernetes, or run this bottle with --backend docker")
+    assert refused.value.exit_code == 6
+
 # -- namespace, context, dry-run ----------------------------------------------------------
 
 def kubeconfig(tmp_path, *, namespace="from-kubeconfig", server="https://127.0.0.1:1") -> Path:

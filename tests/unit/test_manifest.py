@@ -24,6 +24,7 @@ def test_minimal_manifest_gets_every_default(write_manifest):
         },
         "egress": {
             "mode": "enforce",
+            "capture": "proxy",
             "allow": [{"host": "api.example.com", "ports": [443, 80], "private_upstream": False, "scan_body": True,
                        "max_label_entropy": 3.5, "tls": "intercept"}],
             "routes": [],
@@ -63,7 +64,7 @@ def errors_of(write_manifest, text: str) -> str:
               alow:
                 - host: api.example.com
             """,
-            "M:4: egress.alow: expected one of the keys mode, allow, routes, upstream_ca; "
+            "M:4: egress.alow: expected one of the keys mode, capture, allow, routes, upstream_ca; "
             "found unknown key 'alow' (did you mean 'allow'?)",
             id="misspelt-key-did-you-mean",
         ),
@@ -550,3 +551,19 @@ def test_the_dry_run_marks_a_passthrough_rule_unscanned(write_manifest):
     text = docker_plan(plan).render_text()
     assert ("  egress.allow[0]  pinned.example.com  ports 443  [TLS passthrough: not decrypted, nothing scanned]"
             in text.splitlines())
+
+
+def test_capture_is_proxy_or_transparent(write_manifest):
+    manifest = load_manifest(write_manifest(MINIMAL.replace("egress:\n", "egress:\n  capture: transparent\n")))
+    assert manifest.data["egress"]["capture"] == "transparent"
+    assert errors_of(write_manifest, MINIMAL.replace("egress:\n", "egress:\n  capture: tproxy\n")) == (
+        "M:4: egress.capture: expected one of proxy, transparent; found string 'tproxy' (did you mean 'proxy'?)")
+
+
+def test_transparent_capture_listens_for_at_most_64_ports(write_manifest):
+    ports = list(range(1000, 1063))
+    text = f"version: 1\nname: demo\negress:\n  capture: transparent\n  allow:\n    - host: a.example\n      ports: {ports}\n"
+    assert errors_of(write_manifest, text) == (
+        "M:4: egress.capture: expected at most 64 distinct ports in egress.allow with transparent capture (the proxy "
+        "listens for each); found 65 ports (80 and 443 included)")
+    load_manifest(write_manifest(text.replace("capture: transparent", "capture: proxy")))

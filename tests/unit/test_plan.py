@@ -3,21 +3,27 @@ Podman, and the dry-run JSON contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
-from bottle.backend.docker.plan import create_argv, docker_plan, network_create_argv
+from bottle.backend.docker.plan import create_argv, docker_plan, network_create_argv, run_argv
+from bottle.launch.capture import ReportError, parse_report, ruleset
+from bottle.launch.policy_file import render_policy
 from bottle.manifest import load_manifest
-from bottle.mitm.policy import AllowRule, Route
+from bottle.mitm.policy import AllowRule, CapturedPort, Route, Transparent, parse_policy
 from bottle.plan import build_plan
+from bottle.backend.docker.preflight import render_preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "claude.yaml"
 GOLDEN = {
     "docker": Path(__file__).parent / "golden" / "dry-run-claude.json",
     "podman": Path(__file__).parent / "golden" / "dry-run-claude-podman.json",
+    "transparent": Path(__file__).parent / "golden" / "dry-run-claude-transparent.json",
 }
 
 
@@ -161,16 +167,24 @@ def test_existing_egress_network_is_used_not_created_or_removed(write_manifest):
     assert dplan.container("proxy").network == "corp-egress"
 
 
+def transparent_plan(plan=None):
+    """The example with `egress.capture: transparent`."""
+    plan = plan or example_plan()
+    return dataclasses.replace(plan, egress=dataclasses.replace(plan.egress, capture="transparent"))
+
+
 def dry_run_document(engine: str = "docker") -> str:
-    text = json.dumps(docker_plan(example_plan(), engine).to_dict(), indent=2) + "\n"
+    plan = transparent_plan() if engine == "transparent" else example_plan()
+    text = json.dumps(docker_plan(plan, "docker" if engine == "transparent" else engine).to_dict(), indent=2) + "\n"
     return text.replace(str(ROOT), "<repo>")
 
 
-@pytest.mark.parametrize("engine", ["docker", "podman"])
+@pytest.mark.parametrize("engine", ["docker", "podman", "transparent"])
 def test_dry_run_json_matches_golden_file(engine):
     """The dry-run JSON is a contract. If this fails, the change is either a bug or a
     contract change: bump DRY_RUN_SCHEMA_VERSION when a field changes meaning or goes
-    away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1."""
+    away, update docs/dry-run-json.md, then regenerate with BOTTLE_UPDATE_GOLDEN=1.
+    `transparent` is the example on Docker with `egress.capture: transparent`."""
     import os
 
     if os.environ.get("BOTTLE_UPDATE_GOLDEN"):
@@ -258,3 +272,88 @@ def test_plan_without_git_renders_null_sections():
                          scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16,
                          placeholders={"ANTHROPIC_API_KEY": "p" * 20}, upstream_ca_path=None, dns_host=None)
     assert json.loads(text)["git"] is None and json.loads(text)["github"] is None
+
+
+# -- transparent capture ------------------------------------------------------------------
+
+
+def test_capture_is_proxy_unless_the_manifest_says_transparent():
+    plan = example_plan()
+    assert plan.egress.capture == "proxy" and plan.egress.captured_ports == ()
+    assert docker_plan(plan).capture is None
+
+
+def test_transparent_capture_takes_80_443_and_every_rule_port_each_to_a_listener_of_its_own(write_manifest):
+    plan = build_plan(load_manifest(write_manifest("""
+        version: 1
+        name: demo
+        egress:
+          capture: transparent
+          allow:
+            - {host: api.example.com, ports: [443]}
+            - {host: git.example.com, ports: [8443, 443, 22]}
+    """)), env={}, run_id="abc123")
+    assert [(p.port, p.listen) for p in plan.egress.captured_ports] == [
+        (22, 15001), (80, 15002), (443, 15003), (8443, 15004)]
+    policy = parse_policy(render_policy(plan, clients=["172.20.0.3"], listen_host="172.20.0.2", listen_port=8080,
+                                        scanner_url="http://pipelock:9090/scan", scanner_token="t" * 16,
+                                        placeholders={}, upstream_ca_path=None, dns_host="172.20.0.2"))
+    assert policy.transparent == Transparent(ports=plan.egress.captured_ports, dns_address="198.18.0.1")
+    assert policy.transparent.original_port(15004) == 8443
+
+
+def test_the_capture_helper_has_net_admin_only_in_the_agents_namespace_and_is_shown_exactly():
+    dplan = docker_plan(transparent_plan())
+    helper = dplan.capture.install
+    assert (helper.user, helper.cap_drop, helper.cap_add, helper.network, helper.image) == (
+        "0:0", ("ALL",), ("NET_ADMIN",), "container:bottle-claude-abc123-agent", dplan.bottle.proxy_image)
+    assert helper.security_opt == ("no-new-privileges",) and helper.read_only and helper.env == ()
+    assert run_argv(helper, stdin=True)[:4] == ["run", "--rm", "-i", "--name"]
+    assert helper not in dplan.containers  # gone before the agent command: not torn down, not restarted
+    text = render_preflight(dplan)
+    assert f"    $ docker {shlex.join(run_argv(helper, stdin=True)[0:3])}" in text
+    assert "\n    EOF\n" in text and "        tcp dport 443 dnat ip to <proxy-ip>:15002\n" in text
+    assert "  capture   transparent: every TCP connection to ports 80, 443 goes to the proxy" in text
+    assert "  dns       names the policy allows are answered 198.18.0.1, every other name NXDOMAIN" in text
+    assert "read what the capture rejected into the egress log" in text
+
+
+def test_a_podman_capture_helper_keeps_podmans_read_only_root_bare():
+    helper = docker_plan(transparent_plan(), "podman").capture.install
+    assert "--read-only-tmpfs=false" in run_argv(helper)
+
+
+RULESET_PORTS = (CapturedPort(port=80, listen=15001), CapturedPort(port=443, listen=15002))
+
+
+def test_the_ruleset_redirects_captured_ports_and_dns_and_rejects_everything_else():
+    text = ruleset(RULESET_PORTS, proxy_ip="10.0.0.2", proxy_port=8080, dns_port=53)
+    rules = [line.strip() for line in text.splitlines()]
+    capture = rules[rules.index("chain capture {") + 1:rules.index("chain egress {")]
+    assert capture[:6] == [
+        "type nat hook output priority -100; policy accept;",
+        "fib daddr type local return",
+        "ip daddr 10.0.0.2 tcp dport 8080 return",  # proxy-aware clients reach the proxy itself
+        "meta l4proto { tcp, udp } th dport 53 dnat ip to 10.0.0.2:53",
+        "tcp dport 80 dnat ip to 10.0.0.2:15001",
+        "tcp dport 443 dnat ip to 10.0.0.2:15002",
+    ]
+    egress = rules[rules.index("chain egress {") + 1:]
+    assert egress[0] == "type filter hook output priority filter; policy drop;"
+    assert "ip daddr 10.0.0.2 tcp dport { 53, 8080, 15001, 15002 } accept" in egress
+    assert egress[-5:] == ["meta l4proto tcp reject with tcp reset", "meta l4proto udp reject", "drop", "}", "}"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", "unexpected nft output (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"),
+    ('{"nftables": [{"set": {"elem": [{"elem": {"val": {"concat": ["1.2.3.4"]}}}]}}]}',
+     "unexpected nft output (ValueError: not enough values to unpack (expected 3, got 1))"),
+])
+def test_an_unreadable_capture_report_is_an_error_not_a_guess(text, message):
+    with pytest.raises(ReportError) as info:
+        parse_report(text)
+    assert str(info.value) == message
+
+
+def test_an_empty_capture_report_has_nothing_to_log():
+    assert parse_report('{"nftables": [{"set": {"name": "dropped"}}]}') == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -155,7 +156,7 @@ def removals(docker: FakeDocker) -> list[str]:
     names = []
     for call in docker.calls:
         if call[:3] == ["rm", "--force", "--volumes"]:
-            names += [n for n in call[3:] if n not in ("--time", "0")]
+            names += [n for n in call[3:] if n not in ("--time", "0", "--ignore")]
         elif call[:3] == ["volume", "rm", "--force"]:
             names += call[3:]
         elif call[:2] == ["network", "rm"]:
@@ -275,7 +276,7 @@ def test_on_podman_pipelock_keeps_a_root_owned_config_and_is_reached_by_address(
     assert "cp --archive=false - bottle-claude-abc123-pipelock:/etc/pipelock" in calls
     assert "healthcheck run bottle-claude-abc123-pipelock" in calls
     assert delivered_policy(docker)["scanner"]["url"] == "http://172.30.0.2:9090/api/v1/scan"
-    assert "rm --force --volumes --time 0 bottle-claude-abc123-agent bottle-claude-abc123-proxy " \
+    assert "rm --force --volumes --time 0 --ignore bottle-claude-abc123-agent bottle-claude-abc123-proxy " \
            "bottle-claude-abc123-pipelock" in calls
 
 
@@ -329,3 +330,108 @@ def test_cleanup_reads_labels_with_inspect_on_either_engine(tmp_path):
         assert DockerBackend(docker, env={}, engine=engine).cleanup(remove_running=False, dry_run=True,
                                                                     echo=said.append) == 1
         assert said == ["would remove container bottle-x-1-agent"]
+
+
+def transparent_dplan():
+    plan = build_plan(load_manifest(EXAMPLE), env={}, run_id="abc123")
+    return docker_plan(dataclasses.replace(plan, egress=dataclasses.replace(plan.egress, capture="transparent")))
+
+
+def test_transparent_capture_is_installed_after_the_reach_check_and_before_the_agent_command(tmp_path):
+    docker = FakeDocker(fail_on="nothing-fails")
+    with DockerBackend(docker, env={}).launch(transparent_dplan(), make_secrets("b", ("ANTHROPIC_API_KEY",)),
+                                              env={}) as running:
+        calls_when_running = len(docker.calls)  # the agent command could run from here on
+    steps = [" ".join(c[:2]) + (" " + c[c.index("--name") + 1] if "--name" in c else "") for c in docker.calls]
+    reach = next(i for i, c in enumerate(docker.calls) if c[:2] == ["exec", "bottle-claude-abc123-proxy"]
+                 and "--reach-only" in c)
+    install = steps.index("run --rm bottle-claude-abc123-capture")
+    assert reach < install < calls_when_running
+    # The delivery does not check again: the capture may be in place by then.
+    delivery = next(c for c in docker.calls if "bottle.mitm.receive" in c and "--reach-only" not in c)
+    assert "--reach" not in delivery
+    ruleset = next(data for call, data in docker.inputs.items() if "bottle-claude-abc123-capture" in call).decode()
+    assert "tcp dport 443 dnat ip to 172.30.0.2:15002" in ruleset and "<proxy-ip>" not in ruleset
+    assert docker.calls[install][-2:] == ["-c", "set -eu; ip route replace default via 172.30.0.2; nft -f -"]
+    assert delivered_policy(docker)["transparent"] == {
+        "ports": [{"port": 80, "listen": 15001}, {"port": 443, "listen": 15002}], "dns_address": "198.18.0.1"}
+    assert running.capture_report[:3] == ("run", "--rm", "--name")
+
+
+def test_a_capture_that_cannot_be_installed_stops_the_start_with_a_tip(tmp_path):
+    class NoNft(FakeDocker):
+        def run(self, args, *, check=True, **kwargs):
+            if args[:2] == ["run", "--rm"]:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 127, b"", b"sh: 1: nft: not found\n")
+            return super().run(args, check=check, **kwargs)
+
+    docker = NoNft(fail_on="nothing-fails")
+    with pytest.raises(StartError) as info:
+        run_bottle(transparent_dplan(), DockerBackend(docker, env={}), egress_log=tmp_path / "l.jsonl", env={})
+    assert info.value.message == (
+        "installing the transparent capture in the agent's network namespace failed:\n  sh: 1: nft: not found\n"
+        "Tip: the helper runs the proxy image's nft and ip with NET_ADMIN; rebuild the proxy image with `bottle build "
+        "--only proxy` if it lacks them, and the host kernel needs nf_tables (nft list tables)"
+    )
+    removed = set(removals(docker))
+    assert "bottle-claude-abc123-agent" in removed
+    assert "bottle-claude-abc123-capture" not in removed  # `run --rm` removed it when it returned
+
+
+REPORT = ('{"nftables": [{"metainfo": {"version": "1.1.3"}}, {"set": {"family": "inet", "name": "dropped", '
+          '"table": "bottle", "elem": [{"elem": {"val": {"concat": ["93.184.216.34", "tcp", 22]}, '
+          '"counter": {"packets": 3, "bytes": 180}}}, {"elem": {"val": {"concat": ["93.184.216.34", "icmp", 0]}, '
+          '"counter": {"packets": 1, "bytes": 28}}}]}}]}')
+
+
+def test_what_the_capture_rejected_is_appended_to_the_egress_log_before_teardown(tmp_path):
+    import json
+
+    class Reporting(FakeDocker):
+        def argv(self, args):
+            return ["true"]  # `logs --follow` runs as a process of its own
+
+        def run(self, args, *, check=True, **kwargs):
+            if "bottle-claude-abc123-capture-report" in args:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 0, REPORT.encode(), b"")
+            if args[:1] == ["logs"]:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 0, b'{"event":"policy_reload"}\n', b"")
+            return super().run(args, check=check, **kwargs)
+
+    docker = Reporting(fail_on="nothing-fails")
+    backend = DockerBackend(docker, env={})
+    log = tmp_path / "l.jsonl"
+    with backend.launch(transparent_dplan(), make_secrets("b", ("ANTHROPIC_API_KEY",)), env={}) as running:
+        with backend.follow_egress_log(running, log):
+            pass
+        report = next(i for i, c in enumerate(docker.calls) if "bottle-claude-abc123-capture-report" in c)
+        assert not [c for c in docker.calls[:report] if c[:2] == ["rm", "--force"]]  # read before teardown
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0] == {"event": "policy_reload"}
+    assert [(l["event"], l["protocol"], l["address"], l["port"], l["packets"], l["client"], l["decision"])
+            for l in lines[1:]] == [("capture_drop", "icmp", "93.184.216.34", None, 1, "172.30.0.2", "block"),
+                                    ("capture_drop", "tcp", "93.184.216.34", 22, 3, "172.30.0.2", "block")]
+
+
+def test_a_capture_report_that_cannot_be_read_is_a_warning_and_teardown_goes_on(tmp_path, capsys):
+    class Gone(FakeDocker):
+        def argv(self, args):
+            return ["true"]
+
+        def run(self, args, *, check=True, **kwargs):
+            if "bottle-claude-abc123-capture-report" in args:
+                self.calls.append(list(args))
+                return subprocess.CompletedProcess(args, 125, b"", b"Error: No such container: bottle-claude-abc123-agent\n")
+            return super().run(args, check=check, **kwargs)
+
+    docker = Gone(fail_on="nothing-fails")
+    backend = DockerBackend(docker, env={})
+    with backend.launch(transparent_dplan(), make_secrets("b", ("ANTHROPIC_API_KEY",)), env={}) as running:
+        with backend.follow_egress_log(running, tmp_path / "l.jsonl"):
+            pass
+    assert "bottle: warning: could not read what the transparent capture rejected: Error: No such container: " \
+           "bottle-claude-abc123-agent" in capsys.readouterr().err
+    assert "bottle-claude-abc123-agent" in removals(docker)

@@ -23,6 +23,7 @@ from bottle.backend.docker.cli import DockerCLI
 from bottle.backend.docker import engine as engines
 from bottle.backend.docker.engine import DOCKER, Engine
 from bottle.errors import BackendError, StartError
+from bottle.launch import capture
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
 from bottle.launch.tarball import tar_of as _tar
@@ -32,6 +33,7 @@ from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
 
 READY_TIMEOUT = 60.0
+RECEIVE = ("/opt/bottle-proxy/bin/python", "-m", "bottle.mitm.receive")
 # Seconds the proxy waits for the agent's kernel to answer on the agent network.
 REACH_TIMEOUT = 3.0
 
@@ -171,19 +173,32 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             # The CA goes into the agent's trust store while the proxy gets its policy and
             # starts serving; the agent command itself only runs after both.
             workers.submit(self._install_ca, agent.name, secrets.ca.cert_pem)
+            reach = None
+            if plan.capture is not None:
+                # The capture goes in after the reach check (its rules pass the agent's reply
+                # only for a connection they saw begin) and while the proxy starts serving;
+                # it is done (the _Workers block waits) before the agent command can run.
+                reach = workers.submit(self._check_reach, proxy.name, agent_ip, agent_network)
+                workers.submit(self._capture_after, reach, plan.capture, dict(substitutions), created)
             scanner = scanner_host.result()
             files = {
                 "mitmproxy-ca.pem": secrets.ca.mitmproxy_pem,
                 **proxy_files(plan.bottle, secrets, agent_ip=agent_ip, proxy_ip=proxy_ip, run_dir=dp.RUN_DIR,
                               scanner_url=f"http://{scanner}:{SCANNER_PORT}/api/v1/scan"),
             }
-            self._deliver_to_proxy(proxy.name, files, agent_ip=agent_ip, agent_network=agent_network)
+            # Without a capture, the reach check rides in the delivery's exec.
+            self._deliver_to_proxy(proxy.name, files, agent_network=agent_network,
+                                   reach=agent_ip if reach is None else None)
+        report = None
+        if plan.capture is not None:
+            report = tuple(_substitute(a, substitutions) for a in dp.run_argv(plan.capture.report))
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,
             agent=agent.name,
             proxy=proxy.name,
             scanner=pipelock.name,
             addresses={"proxy": proxy_ip, "agent": agent_ip},
+            capture_report=report,
         )
 
     def _start_scanner(
@@ -279,7 +294,9 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             return
         args = {
             # Docker's `rm --force` kills at once; Podman's first waits up to 10 s for SIGTERM.
-            "container": ["rm", "--force", "--volumes", *(["--time", "0"] if self.podman else [])],
+            # Podman 4.3 removes nothing, and exits 0, when one name is already gone (a
+            # helper run with --rm) unless told to --ignore it.
+            "container": ["rm", "--force", "--volumes", *(["--time", "0", "--ignore"] if self.podman else [])],
             "volume": ["volume", "rm", "--force"],
             "network": ["network", "rm"],
         }[kind]
@@ -342,15 +359,14 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         text = (result.stdout + result.stderr).decode(errors="replace").strip()
         return "  last log lines:\n" + "\n".join("    " + line for line in text.splitlines()[-30:])
 
-    def _deliver_to_proxy(self, container: str, files: Mapping[str, bytes], *, agent_ip: str,
-                          agent_network: str) -> None:
-        """Ship the proxy its files and wait until it serves; first, in the same exec, check
-        that the proxy reaches the agent (docs/prds/0007-podman.md: a host firewall may drop
-        traffic on internal bridges, which would otherwise look like a hung agent)."""
+    def _deliver_to_proxy(self, container: str, files: Mapping[str, bytes], *, agent_network: str,
+                          reach: str | None) -> None:
+        """Ship the proxy its files and wait until it serves; with `reach` (the agent's
+        address), first check in the same exec that the proxy reaches the agent."""
+        reach_args = ["--reach", reach, "--reach-timeout", f"{REACH_TIMEOUT:g}"] if reach else []
         result = self.docker.run(
-            ["exec", "-i", container, "/opt/bottle-proxy/bin/python", "-m", "bottle.mitm.receive",
-             "--dir", dp.RUN_DIR, "--timeout", str(int(READY_TIMEOUT)),
-             "--reach", agent_ip, "--reach-timeout", f"{REACH_TIMEOUT:g}"],
+            ["exec", "-i", container, *RECEIVE, "--dir", dp.RUN_DIR, "--timeout", str(int(READY_TIMEOUT)),
+             *reach_args],
             input=_tar(files, mode=0o400, uid=10001, gid=10001),
             check=False,
             timeout=READY_TIMEOUT + REACH_TIMEOUT + 30,
@@ -362,6 +378,20 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             raise StartError(
                 f"the egress proxy {container} did not start serving: {detail}\n" + self._logs_excerpt(container)
             )
+
+    def _check_reach(self, proxy: str, agent_ip: str, network: str) -> None:
+        """That packets pass between the proxy and the agent (docs/prds/0007-podman.md: a host
+        firewall may drop traffic on internal bridges, which would look like a hung agent)."""
+        result = self.docker.run(
+            ["exec", proxy, *RECEIVE, "--reach-only", "--reach", agent_ip, "--reach-timeout", f"{REACH_TIMEOUT:g}"],
+            check=False,
+            timeout=REACH_TIMEOUT + 30,
+        )
+        if result.returncode == EXIT_UNREACHABLE:
+            self._unreachable(network, result.stderr.decode(errors="replace"))
+        if result.returncode != 0:
+            raise StartError(f"checking that the proxy reaches the agent failed: "
+                             f"{result.stderr.decode(errors='replace').strip()}")
 
     def _unreachable(self, network: str, stderr: str) -> None:
         detail = stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -375,6 +405,33 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             f"the proxy cannot reach the agent on the network {network}: {detail[0]}",
             tip=tip,
         )
+
+    def _capture_after(self, reach: Future, capture: dp.CaptureSpec, substitutions: Mapping[str, str],
+                       created: _Created) -> None:
+        # After the reach check: it waits for the agent's reset, which the capture's rules
+        # let through only as the reply to a connection they saw begin.
+        reach.result()
+        self._install_capture(capture, substitutions, created)
+
+    def _install_capture(self, capture: dp.CaptureSpec, substitutions: Mapping[str, str], created: _Created) -> None:
+        """Runs the capture helper to its end: when this returns, the route and rules are in
+        the agent's namespace and the helper (the only process that could change them) is gone."""
+        helper = capture.install
+        argv = [_substitute(arg, substitutions) for arg in dp.run_argv(helper, stdin=True)]
+        created.add("container", helper.name)  # an interrupted run may leave it: teardown removes it then
+        try:
+            result = self.docker.run(argv, input=_substitute(capture.ruleset, substitutions).encode(), check=False,
+                                     timeout=READY_TIMEOUT)
+        except BackendError as e:
+            raise StartError(f"installing the transparent capture failed: {e.message}") from None
+        created.discard("container", helper.name)  # the run returned: --rm removed it
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip() or f"exit code {result.returncode}"
+            raise StartError(
+                f"installing the transparent capture in the agent's network namespace failed:\n  {detail}",
+                tip="the helper runs the proxy image's nft and ip with NET_ADMIN; rebuild the proxy image with "
+                "`bottle build --only proxy` if it lacks them, and the host kernel needs nf_tables (nft list tables)",
+            )
 
     def _install_ca(self, container: str, cert_pem: bytes) -> None:
         result = self.docker.run(
@@ -413,6 +470,25 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             result = self.docker.run(["logs", running.proxy], check=False)
             if result.returncode == 0:
                 path.write_bytes(result.stdout)
+            if running.capture_report is not None:
+                self._append_capture_drops(running, path)
+
+    def _append_capture_drops(self, running: RunningBottle, path: Path) -> None:
+        """What the transparent capture rejected, one line per destination, read from the
+        agent's namespace before it goes (docs/log-format.md)."""
+        try:
+            result = self.docker.run(list(running.capture_report), check=False, timeout=READY_TIMEOUT)
+            if result.returncode != 0:
+                raise capture.ReportError(result.stderr.decode(errors="replace").strip()
+                                          or f"exit code {result.returncode}")
+            dropped = capture.parse_report(result.stdout.decode(errors="replace"))
+        except (BackendError, capture.ReportError) as e:
+            detail = e.message if isinstance(e, BackendError) else str(e)
+            print(f"bottle: warning: could not read what the transparent capture rejected: {detail}", file=sys.stderr)
+            return
+        lines = capture.drop_lines(dropped, bottle=running.bottle_id, client=running.addresses["agent"])
+        with open(path, "a", encoding="utf-8") as log:
+            log.writelines(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
 
     def run_agent(self, running: RunningBottle, command: Sequence[str], *, interactive: bool) -> int:
         argv = ["exec", "-i"]
@@ -481,6 +557,10 @@ class _Created:
 
     def add(self, kind: str, name: str) -> None:
         self.names[kind].append(name)
+
+    def discard(self, kind: str, name: str) -> None:
+        if name in self.names[kind]:
+            self.names[kind].remove(name)
 
 
 class _Workers:

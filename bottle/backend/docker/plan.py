@@ -22,12 +22,15 @@ from bottle.backend.base import (  # noqa: F401 (the Docker backend reads these 
     OWNER,
     OWNER_LABEL,
     PROXY_IP,
+    ROLE_LABEL,
     VERSION_LABEL,
     agent_environment,
     bottle_labels,
     placeholder_marker,
 )
-from bottle.plan import BottlePlan, bottle_document
+from bottle.launch import capture
+from bottle.mitm.policy import CapturedPort, to_document
+from bottle.plan import CAPTURE_DNS_ADDRESS, DNS_PORT, PROXY_PORT, BottlePlan, bottle_document
 
 PROXY_UID = "10001:10001"
 PIPELOCK_UID = "65534:65534"
@@ -111,6 +114,7 @@ class ContainerSpec:
     read_only_tmpfs: bool | None = None
     init: bool = False
     cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ("no-new-privileges",)
     sysctls: tuple[tuple[str, str], ...] = ()
     dns: tuple[str, ...] = ()
@@ -122,6 +126,20 @@ class ContainerSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class CaptureSpec:
+    """Transparent capture (docs/prds/0009-transparent-capture.md): `install` runs once, after
+    the agent container starts and before its command, in the agent's network namespace
+    with NET_ADMIN only, and is gone when it returns; `ruleset` is its standard input.
+    `report` runs the same way at teardown and lists what the capture rejected."""
+
+    ports: tuple[CapturedPort, ...]
+    dns_address: str
+    install: ContainerSpec
+    ruleset: str
+    report: ContainerSpec
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DockerBottlePlan:
     """A BottlePlan made concrete for Docker: resources in start order, and the teardown list."""
 
@@ -130,6 +148,7 @@ class DockerBottlePlan:
     volumes: tuple[VolumeSpec, ...]
     containers: tuple[ContainerSpec, ...]
     engine: str = "docker"
+    capture: CaptureSpec | None = None  # None: proxy capture, nothing is installed
     # How the engine was chosen when that was a guess (dry-run text only).
     engine_note: str | None = dataclasses.field(default=None, compare=False)
 
@@ -324,6 +343,30 @@ def docker_plan(plan: BottlePlan, engine: str = "docker", *, engine_note: str | 
         containers=(pipelock, proxy, agent_container),
         engine=engine,
         engine_note=engine_note,
+        capture=_capture(plan, agent_container, opts) if plan.egress.capture == "transparent" else None,
+    )
+
+
+def _capture(plan: BottlePlan, agent: ContainerSpec, opts: _EngineOptions) -> CaptureSpec:
+    ports = plan.egress.captured_ports
+
+    def helper(role: str, entrypoint: str, command: tuple[str, ...]) -> ContainerSpec:
+        # The proxy image has nft and ip. Root, because the kernel checks NET_ADMIN of the
+        # process; every other capability is dropped, and it shares only the agent's network.
+        return ContainerSpec(
+            role=role, name=f"{plan.bottle_id}-{role}", image=plan.proxy_image, network=f"container:{agent.name}",
+            extra_networks=(), alias=None, user="0:0", env=(), mounts=(), entrypoint=entrypoint, command=command,
+            read_only=True, read_only_tmpfs=opts.read_only_tmpfs, cap_add=("NET_ADMIN",), memory="64m", pids=16,
+            labels=labels_for(plan, role),
+        )
+
+    report = capture.report_argv()
+    return CaptureSpec(
+        ports=ports,
+        dns_address=CAPTURE_DNS_ADDRESS,
+        install=helper("capture", "sh", ("-c", capture.install_script(PROXY_IP))),
+        ruleset=capture.ruleset(ports, proxy_ip=PROXY_IP, proxy_port=PROXY_PORT, dns_port=DNS_PORT),
+        report=helper("capture-report", report[0], tuple(report[1:])),
     )
 
 
@@ -354,6 +397,8 @@ def create_argv(container: ContainerSpec) -> list[str]:
     argv += ["--user", container.user]
     for cap in container.cap_drop:
         argv += ["--cap-drop", cap]
+    for cap in container.cap_add:
+        argv += ["--cap-add", cap]
     for opt in container.security_opt:
         argv += ["--security-opt", opt]
     if container.read_only:
@@ -387,6 +432,12 @@ def create_argv(container: ContainerSpec) -> list[str]:
     return [*argv, container.image, *container.command]
 
 
+def run_argv(container: ContainerSpec, *, stdin: bool = False) -> list[str]:
+    """A short-lived helper: created, attached (`stdin`: its standard input too), and removed
+    when it exits."""
+    return ["run", "--rm", *(["-i"] if stdin else []), *create_argv(container)[1:]]
+
+
 def connect_argv(container: ContainerSpec) -> list[list[str]]:
     out = []
     for network, alias in container.extra_networks:
@@ -397,10 +448,40 @@ def connect_argv(container: ContainerSpec) -> list[list[str]]:
     return out
 
 
-def document_head(plan: BottlePlan, engine: str) -> dict:
-    head = bottle_document(plan, backend="docker", memory=docker_memory(plan.agent.resources.memory))
-    head["bottle"]["engine"] = engine
+def document_head(dplan: DockerBottlePlan) -> dict:
+    """The shared head (bottle.plan.bottle_document) with what the Docker backend adds or
+    says in its own terms: the engine, and how the agent's DNS behaves."""
+    head = bottle_document(dplan.bottle, backend="docker", memory=docker_memory(dplan.bottle.agent.resources.memory))
+    head["bottle"]["engine"] = dplan.engine
+    head["egress"]["dns"] = dns_behaviour(dplan)
     return head
+
+
+def dns_behaviour(dplan: DockerBottlePlan) -> str:
+    if dplan.capture is None:
+        return "every lookup from the agent is answered NXDOMAIN by the proxy"
+    return (f"the proxy answers names the policy allows with {dplan.capture.dns_address} (A records only) and every "
+            "other name NXDOMAIN; lookups sent to any other server are answered the same way")
+
+
+def capture_document(dplan: DockerBottlePlan) -> dict:
+    """`capture` of the dry-run JSON: what transparent capture installs, as exact commands."""
+    spec = dplan.capture
+    if spec is None:
+        return {"mode": "proxy", "ports": [], "dns_address": None, "install": None, "report": None}
+
+    def helper(container: ContainerSpec, *, stdin: str | None) -> dict:
+        return {"name": container.name, "image": container.image, "network": container.network,
+                "user": container.user, "cap_drop": list(container.cap_drop), "cap_add": list(container.cap_add),
+                "run_argv": [dplan.engine, *run_argv(container, stdin=stdin is not None)], "stdin": stdin}
+
+    return {
+        "mode": "transparent",
+        "ports": to_document(spec.ports),
+        "dns_address": spec.dns_address,
+        "install": helper(spec.install, stdin=spec.ruleset),
+        "report": helper(spec.report, stdin=None),
+    }
 
 
 def plan_document(dplan: DockerBottlePlan) -> dict:
@@ -408,7 +489,7 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
     networks, volumes and containers Docker is asked for."""
     plan = dplan.bottle
     return {
-        **document_head(plan, dplan.engine),
+        **document_head(dplan),
         "networks": [
             {
                 "role": n.role,
@@ -447,6 +528,7 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
             }
             for c in dplan.containers
         ],
+        "capture": capture_document(dplan),
         "start_order": list(dplan.start_order),
         "teardown": [{"kind": kind, "name": name} for kind, name in dplan.teardown],
     }

@@ -147,6 +147,14 @@ def kubernetes_plan(plan: BottlePlan, *, namespace: str, context: str | None) ->
             "into a cluster",
             tip=f"remove agent.workspace for this backend; the agent then starts in its image's {plan.agent.workdir}",
         )
+    if plan.egress.capture == "transparent":
+        # Capture needs a helper with NET_ADMIN in the agent's network namespace, which the
+        # restricted Pod Security Standard the bottle's namespace enforces does not allow.
+        raise NotSupportedError(
+            "egress.capture: transparent is not supported on the kubernetes backend: installing the capture "
+            "needs NET_ADMIN in the agent Pod, which the restricted Pod Security Standard forbids",
+            tip="use egress.capture: proxy (the default) on Kubernetes, or run this bottle with --backend docker",
+        )
     bid = plan.bottle_id
     build = _Builder(plan, namespace)
     credentials = plan.kubernetes.credentials_secret or f"{bid}-credentials"

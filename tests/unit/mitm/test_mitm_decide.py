@@ -163,3 +163,41 @@ def test_credential_scrubs_name_the_value_and_the_basic_form_sent(route_id, env,
     pairs = credentials.credential_scrubs(route, placeholder, env)
     assert [real for real, _ in pairs] == expected
     assert {p for _, p in pairs} == {placeholder.encode()}
+
+
+@pytest.mark.parametrize("tls, sni, host_header, host, status", [
+    (True, "API.Anthropic.com", "api.anthropic.com", "api.anthropic.com", None),
+    (True, "api.anthropic.com", None, "api.anthropic.com", None),  # HTTP/2 without :authority, say
+    (True, None, "api.anthropic.com", None, 421),  # the Host alone does not name a TLS connection's host
+    (True, "", None, None, 421),
+    (False, None, "internal.test:8443", "internal.test", None),
+    (False, None, "[::1]:80", "::1", None),  # an IP literal: named, and refused by the allow step
+    (False, None, None, None, 421),
+    (False, None, ":80", None, 421),
+])
+def test_a_captured_connection_goes_to_its_sni_or_host_header(tls, sni, host_header, host, status):
+    verdict, named = decide.transparent_destination(tls, sni, host_header)
+    assert named == host
+    assert verdict.allowed is (status is None) and (status is None or verdict.status == status)
+
+
+def test_without_a_connect_target_sni_and_host_are_checked_against_each_other():
+    assert decide.check_fronting(None, "a.test", "a.test:443").allowed
+    assert decide.check_fronting(None, "a.test", None).allowed
+    assert decide.check_fronting(None, "a.test", "b.test").reason == (
+        "misdirected request: TLS SNI a.test, Host b.test do not agree")
+
+
+@pytest.mark.parametrize("name, allowed, reason, rule", [
+    ("api.anthropic.com", True, "", "egress.allow[0]"),
+    ("deep.raw.githubusercontent.com", True, "", "egress.allow[1]"),
+    ("internal.test", True, "", "egress.allow[6]"),  # only on 8443: DNS knows no port
+    ("githubusercontent.com", False, "no rule allows host githubusercontent.com", None),
+    ("a.b.c.d.e.githubusercontent.com", False, "host a.b.c.d.e.githubusercontent.com under *.githubusercontent.com: "
+     "5 labels look like encoded data (at most 4 under a wildcard)", "egress.allow[1]"),
+    ("10.0.0.1", False, "IP literal destination 10.0.0.1 is not allowed; name the host", None),
+    ("pipelock", False, "the scanner is not a destination", None),
+])
+def test_dns_answers_a_name_when_some_rule_allows_its_host_on_any_port(name, allowed, reason, rule):
+    verdict = decide.check_name(parse_policy(policy_text()), name)
+    assert (verdict.allowed, verdict.reason, verdict.rule_id) == (allowed, reason, rule)

@@ -47,7 +47,11 @@ def status(tmp_path):
     (policy_text(mode="sometimes"), "policy reload failed, keeping the previous policy: "
                                     "mode: must be one of enforce, discover, got 'sometimes'"),
     (policy_text(listen={"host": "0.0.0.0", "port": 9999}), "policy reload failed, keeping the previous policy: "
-                                                           "listen and dns cannot change on reload; restart the proxy"),
+                                                           "listen, dns and transparent cannot change on reload; "
+                                                           "restart the proxy"),
+    (policy_text(transparent={"ports": [{"port": 443, "listen": 15001}], "dns_address": "198.18.0.1"}),
+     "policy reload failed, keeping the previous policy: listen, dns and transparent cannot change on reload; "
+     "restart the proxy"),
 ])
 def test_sighup_with_broken_policy_keeps_the_old_one(tmp_path, capsys, new_text, message):
     launcher = make_launcher(tmp_path, policy_text())

@@ -108,3 +108,35 @@ def test_git_and_github_sections_round_trip():
     policy = parse_policy(json.dumps(policy_dict(git=GIT, github=deny)))
     assert policy.git.repositories[0].path == "acme/widgets"
     assert parse_policy(policy.to_json()) == policy
+
+
+TRANSPARENT = {"ports": [{"port": 443, "listen": 15001}], "dns_address": "198.18.0.1"}
+
+
+def test_a_transparent_section_round_trips():
+    policy = parse_policy(json.dumps(policy_dict(transparent=TRANSPARENT)))
+    assert policy.transparent.original_port(15001) == 443 and policy.transparent.original_port(15002) is None
+    assert parse_policy(policy.to_json()) == policy
+    assert parse_policy(json.dumps(POLICY)).transparent is None
+
+
+@pytest.mark.parametrize("transparent, message", [
+    (dict(TRANSPARENT, ports=[]), "transparent.ports: must list 1 to 64 ports"),
+    (dict(TRANSPARENT, ports=[{"port": 443, "listen": 8080}]),
+     "transparent.ports[0].listen: 8080 is a port the proxy already serves"),
+    (dict(TRANSPARENT, ports=[{"port": 443, "listen": 53}]),
+     "transparent.ports[0].listen: 53 is a port the proxy already serves"),
+    (dict(TRANSPARENT, ports=[{"port": 443, "listen": 15001}, {"port": 443, "listen": 15002}]),
+     "transparent.ports port: duplicate value '443'"),
+    (dict(TRANSPARENT, ports=[{"port": 80, "listen": 15001}, {"port": 443, "listen": 15001}]),
+     "transparent.ports listen: duplicate value '15001'"),
+    (dict(TRANSPARENT, ports=[{"port": 0, "listen": 15001}]), "transparent.ports[0].port: port out of range: 0"),
+    (dict(TRANSPARENT, dns_address="fd00::1"),
+     "transparent.dns_address: must be an IPv4 address (the agent has no IPv6)"),
+    (dict(TRANSPARENT, dns_address="proxy"), "transparent.dns_address: not an IP address: 'proxy'"),
+    (dict(TRANSPARENT, mode="transparent"), "transparent: unknown key(s): mode"),
+])
+def test_a_bad_transparent_section_is_refused(transparent, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(json.dumps(policy_dict(transparent=transparent)))
+    assert str(info.value) == message
