@@ -345,6 +345,8 @@ def test_transparent_capture_is_installed_after_the_reach_check_and_before_the_a
     steps = [" ".join(c[:2]) + (" " + c[c.index("--name") + 1] if "--name" in c else "") for c in docker.calls]
     reach = next(i for i, c in enumerate(docker.calls) if c[:2] == ["exec", "bottle-claude-abc123-proxy"]
                  and "--reach-only" in c)
+    assert docker.calls[reach][2:] == ["/opt/bottle-proxy/bin/python", "-m", "bottle.mitm.receive", "--dir",
+                                       "/run/bottle", "--reach-only", "--reach", "172.30.0.2", "--reach-timeout", "3"]
     install = steps.index("run --rm bottle-claude-abc123-capture")
     assert reach < install < calls_when_running
     # The delivery does not check again: the capture may be in place by then.

@@ -383,7 +383,8 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         """That packets pass between the proxy and the agent (docs/prds/0007-podman.md: a host
         firewall may drop traffic on internal bridges, which would look like a hung agent)."""
         result = self.docker.run(
-            ["exec", proxy, *RECEIVE, "--reach-only", "--reach", agent_ip, "--reach-timeout", f"{REACH_TIMEOUT:g}"],
+            ["exec", proxy, *RECEIVE, "--dir", dp.RUN_DIR, "--reach-only", "--reach", agent_ip,
+             "--reach-timeout", f"{REACH_TIMEOUT:g}"],
             check=False,
             timeout=REACH_TIMEOUT + 30,
         )

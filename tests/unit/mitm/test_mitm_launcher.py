@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,16 @@ def test_receive_reaches_an_address_that_refuses_and_not_one_that_drops(tmp_path
     assert not (tmp_path / "policy.json").exists()
 
 
+def test_receive_can_check_reach_alone(tmp_path, monkeypatch):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        refused_port = free.getsockname()[1]
+    monkeypatch.setattr(receive, "check_reach", functools.partial(receive.check_reach, port=refused_port))
+    # The argv the Docker backend runs before a transparent capture (nothing on stdin).
+    assert receive.main(["--dir", str(tmp_path), "--reach-only", "--reach", "127.0.0.1", "--reach-timeout", "2"]) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_launcher_wakes_every_waiting_receiver_when_it_writes_its_status(tmp_path, monkeypatch):
     sent = []
     monkeypatch.setattr(launcher_module.os, "kill", lambda pid, sig: sent.append((pid, sig)))
@@ -197,14 +208,22 @@ def test_the_launcher_wakes_every_waiting_receiver_when_it_writes_its_status(tmp
 
 
 def test_a_wake_up_signal_is_held_for_the_waiter_and_dropped_afterwards():
-    with receive.woken_by(signal.SIGUSR1):
-        os.kill(os.getpid(), signal.SIGUSR1)
-        os.kill(os.getpid(), signal.SIGUSR1)
-        info = signal.sigtimedwait({signal.SIGUSR1}, 5)
-        assert info is not None and info.si_signo == signal.SIGUSR1
-    # The second one was still pending; leaving dropped it instead of delivering it.
-    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
-    assert signal.SIGUSR1 not in signal.sigpending()
+    # In a process of its own, single-threaded like bottle.mitm.receive: a process-directed
+    # signal goes to any thread that does not block it, so in pytest's process another
+    # thread could take it.
+    script = textwrap.dedent("""
+        import os, signal
+        from bottle.mitm import receive
+        with receive.woken_by(signal.SIGUSR1):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            info = signal.sigtimedwait({signal.SIGUSR1}, 5)
+            print("woken", info.si_signo == signal.SIGUSR1)
+        # A second one was still pending; leaving dropped it instead of delivering it.
+        print("after", signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL, signal.SIGUSR1 in signal.sigpending())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "woken True\nafter True False\n"), done.stderr
 
 
 def test_receive_registers_as_a_waiter_only_while_it_waits(tmp_path, monkeypatch):
