@@ -138,10 +138,11 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
     """
     from bottle.manifest import load_manifest
     from bottle.plan import build_plan, new_run_id, proxy_image
+    from bottle.workspace import owner_of
 
     loaded = load_manifest(manifest)
     plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
-                      proxy_image=proxy_image(os.environ), mode=mode)
+                      proxy_image=proxy_image(os.environ), mode=mode, stat_workspace=owner_of)
     if output_format != "text" and not dry_run:
         raise click.UsageError("--format applies to --dry-run only")
     chosen = _backend(backend, loaded.data.get("backend"), namespace=namespace, context=kube_context,

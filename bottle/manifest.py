@@ -244,6 +244,22 @@ MEMORY = OneOf(
     description="Memory limit, e.g. 4g (swap is disabled).",
 )
 
+_WORKSPACE_PATH = Str(pattern=r"[^\0]+", expected="a host directory path",
+                      description="Host directory, relative to the manifest file.")
+WORKSPACE = OneOf(
+    alternatives=(
+        _WORKSPACE_PATH,
+        Obj(description="The workspace with options.", fields={
+            "path": Field(_WORKSPACE_PATH, required=True),
+            "read_only": Field(Bool(description="Mount it read-only: the agent reads the code and writes "
+                                    "nothing there (default false)."), default=False),
+        }),
+    ),
+    expected="a host directory path, or a mapping with path and read_only",
+    description="Host directory mounted at workdir (read-write unless read_only), relative to the "
+    "manifest file: `workspace: ..` or `workspace: {path: .., read_only: true}`.",
+)
+
 DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DNS_NAME = rf"{DNS_LABEL}(?:\.{DNS_LABEL})*"
 
@@ -302,13 +318,12 @@ MANIFEST_SCHEMA = Obj(
                     "workdir": Field(Str(pattern=r"/[^\0]*", expected="an absolute path",
                                          description="Working directory inside the agent."),
                                      default="/workspace"),
-                    "workspace": Field(Str(pattern=r"[^\0]+", expected="a host directory path",
-                                           description="Host directory mounted read-write at workdir, "
-                                           "relative to the manifest file.")),
+                    "workspace": Field(WORKSPACE),
                     "user": Field(
                         Str(pattern=r"[0-9]+:[0-9]+", expected="a numeric UID:GID such as 1000:1000",
-                            description="Non-root user the agent runs as."),
-                        default="1000:1000",
+                            description="Non-root user the agent runs as. Default: the owner of agent.workspace "
+                            "(so what the agent writes there is the owner's), else 1000:1000 "
+                            "(docs/prds/0014-workspace-owner-and-doctor.md)."),
                     ),
                     "env": Field(MapOf(key=Str(pattern=ENV_NAME_PATTERN, expected="an environment variable name"),
                                        value=Str(max_length=32768),
@@ -589,8 +604,10 @@ def _check_semantics(data: Mapping[str, Any], path: Path) -> list[Problem]:
         if not _is_ip(alias["ip"]):
             problems.append(Problem(("kubernetes", "proxy_host_aliases", i, "ip"), "an IP address such as 10.0.0.7",
                                     f"string {alias['ip']!r}"))
-    if data["agent"]["user"].split(":")[0] == "0":
-        problems.append(Problem(("agent", "user"), "a non-root UID:GID", f"string {data['agent']['user']!r}"))
+    if data["agent"].get("user", "").split(":")[0] == "0":
+        problems.append(Problem(("agent", "user"), "a non-root UID:GID", f"string {data['agent']['user']!r}",
+                                "the agent never runs as root; leave agent.user out to run as the workspace's "
+                                "owner, or chown the workspace to a user and name that user here"))
     return problems
 
 

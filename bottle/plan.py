@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bottle import __version__
+from bottle.errors import ManifestError
 from bottle.manifest import Manifest
 from bottle.mitm.policy import AllowRule, CapturedPort, GithubDeny, GitPolicy, GitRepository, Route, to_document
 
@@ -55,6 +56,25 @@ class Resources:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkspaceOwner:
+    """Who owns the workspace directory on the host (its stat), as the CLI found it."""
+
+    uid: int
+    gid: int
+    mode: int
+
+    def __str__(self) -> str:
+        return f"{self.uid}:{self.gid}"
+
+
+# The agent image's own user (Dockerfile.agent): uid 1000 with a home in /etc/passwd.
+DEFAULT_AGENT_USER = "1000:1000"
+# Any other uid has no home in the image, so HOME points here, made for it at start.
+AGENT_HOME = "/home/bottle"
+USER_SOURCES = ("manifest", "workspace owner", "default")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AgentSpec:
     image: str
     command: tuple[str, ...]
@@ -63,6 +83,12 @@ class AgentSpec:
     user: str
     env: tuple[tuple[str, str], ...]
     resources: Resources
+    workspace_read_only: bool = False
+    workspace_owner: str | None = None
+    """`uid:gid` of the workspace on the host, when it was looked at."""
+    user_source: str = "default"  # one of USER_SOURCES: where `user` comes from
+    home: str | None = None
+    """HOME made for a user the image does not know, or None: the image's own."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -153,14 +179,26 @@ def build_plan(
     command: tuple[str, ...] | None = None,
     proxy_image: str = PROXY_IMAGE,
     mode: str | None = None,
+    stat_workspace: Callable[[str], WorkspaceOwner] | None = None,
 ) -> BottlePlan:
-    """`mode` overrides egress.mode for one run (`bottle start --mode`)."""
+    """`mode` overrides egress.mode for one run (`bottle start --mode`). `stat_workspace`
+    says who owns the workspace on the host (bottle.workspace.owner_of); without it the
+    owner is unknown and the agent runs as agent.user or the default."""
     if not re.fullmatch(r"[a-z0-9]{1,16}", run_id):
         raise ValueError(f"run id must be 1-16 lower-case letters or digits, got {run_id!r}")
     data: Mapping[str, Any] = manifest.data
     agent = data["agent"]
     egress = data["egress"]
-    workspace = str(manifest.resolve(agent["workspace"])) if "workspace" in agent else None
+    workspace, read_only = _workspace(manifest, agent.get("workspace"))
+    owner = None
+    if workspace is not None and stat_workspace is not None:
+        try:
+            owner = stat_workspace(workspace)
+        except OSError as e:
+            raise ManifestError(f"{manifest.path}: agent.workspace: {workspace}: {e.strerror}",
+                                tip="the workspace is a host directory, relative to the manifest file") from None
+    user, source = agent_user(agent.get("user"), workspace=workspace, owner=owner, read_only=read_only,
+                              manifest=manifest)
     upstream_ca = str(manifest.resolve(egress["upstream_ca"])) if "upstream_ca" in egress else None
     return BottlePlan(
         name=data["name"],
@@ -171,7 +209,12 @@ def build_plan(
             command=tuple(command) if command else tuple(agent["command"]),
             workdir=agent["workdir"],
             workspace=workspace,
-            user=agent["user"],
+            workspace_read_only=read_only,
+            workspace_owner=str(owner) if owner is not None else None,
+            user=user,
+            user_source=source,
+            home=AGENT_HOME if user.split(":")[0] != DEFAULT_AGENT_USER.split(":")[0]
+            and "HOME" not in agent["env"] else None,
             env=tuple(sorted(agent["env"].items())),
             resources=Resources(
                 cpus=agent["resources"]["cpus"],
@@ -228,6 +271,38 @@ def build_plan(
     )
 
 
+def _workspace(manifest: Manifest, value: str | Mapping[str, Any] | None) -> tuple[str | None, bool]:
+    """`agent.workspace` is a path, or `{path, read_only}`."""
+    if value is None:
+        return None, False
+    if isinstance(value, str):
+        return str(manifest.resolve(value)), False
+    return str(manifest.resolve(value["path"])), value["read_only"]
+
+
+def agent_user(explicit: str | None, *, workspace: str | None, owner: WorkspaceOwner | None, read_only: bool,
+               manifest: Manifest) -> tuple[str, str]:
+    """Who the agent runs as, and where that comes from (docs/prds/0014): agent.user when
+    the manifest sets it; else the workspace's owner, so the agent can write its workspace
+    and what it writes is the owner's. A root-owned workspace is refused (the agent never
+    runs as root) unless it is mounted read-only or anyone may write it."""
+    if explicit is not None:
+        return explicit, "manifest"
+    if owner is None:
+        return DEFAULT_AGENT_USER, "default"
+    if owner.uid != 0:
+        return str(owner), "workspace owner"
+    if read_only or owner.mode & 0o002:
+        return DEFAULT_AGENT_USER, "default"
+    raise ManifestError(
+        f"{manifest.path}: agent.workspace: {workspace} is owned by root, and the agent never runs as root: "
+        f"as the default user {DEFAULT_AGENT_USER} it could not write there",
+        tip=f"make the workspace a user's (e.g. sudo chown -R 1000:1000 {workspace}), or set agent.user to a "
+        "non-root UID:GID that may write it, or mount it read-only "
+        "(agent.workspace: {path: ..., read_only: true})",
+    )
+
+
 def _git_policy(git: Mapping[str, Any]) -> GitPolicy:
     return GitPolicy(
         repositories=tuple(
@@ -281,7 +356,11 @@ def bottle_document(plan: BottlePlan, *, backend: str, memory: str) -> dict[str,
             "command": list(plan.agent.command),
             "workdir": plan.agent.workdir,
             "workspace": plan.agent.workspace,
+            "workspace_read_only": plan.agent.workspace_read_only,
+            "workspace_owner": plan.agent.workspace_owner,
             "user": plan.agent.user,
+            "user_source": plan.agent.user_source,
+            "home": plan.agent.home,
             "resources": {
                 "cpus": plan.agent.resources.cpus,
                 "memory": memory,

@@ -187,6 +187,11 @@ class OneOf(Type):
     expected: str = ""
 
     def check(self, value: Any, path: Path, problems: list[Problem]) -> Any:
+        # A mapping can only be the mapping alternative: its own problems (an unknown key
+        # with "did you mean") say more than "expected one of these".
+        mapping = next((a for a in self.alternatives if isinstance(a, Obj)), None)
+        if isinstance(value, dict) and mapping is not None:
+            return mapping.check(value, path, problems)
         for alternative in self.alternatives:
             attempt: list[Problem] = []
             result = alternative.check(value, path, attempt)

@@ -65,6 +65,7 @@ def agent_environment(plan: BottlePlan) -> tuple[tuple[str, str], ...]:
         ("PIP_CERT", AGENT_CA_BUNDLE),
         ("NODE_EXTRA_CA_CERTS", AGENT_CA_FILE),
         *((ref, placeholder_marker(ref)) for ref in plan.egress.token_refs),
+        *((("HOME", plan.agent.home),) if plan.agent.home else ()),
         *plan.agent.env,
     )
 

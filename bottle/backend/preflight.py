@@ -7,15 +7,34 @@ import shlex
 from bottle.plan import BottlePlan
 
 
+USER_SOURCE_TEXT = {
+    "manifest": "agent.user",
+    "workspace owner": "the workspace's owner",
+    "default": "the default",
+}
+
+
+def workspace_text(plan: BottlePlan) -> str:
+    """The host directory mounted at workdir, how, and whose it is."""
+    agent = plan.agent
+    if agent.workspace is None:
+        return "(no host directory mounted)"
+    owner = f", owned by {agent.workspace_owner}" if agent.workspace_owner else ""
+    return f"(host {agent.workspace} mounted {'read-only' if agent.workspace_read_only else 'read-write'}{owner})"
+
+
 def agent_lines(plan: BottlePlan, *, user: str, workdir: str, limits: str, network: str) -> list[str]:
     """The heading and the Agent section; the backend says how it confines the agent."""
+    home = ([f"  home      {plan.agent.home}  (made at start for uid {plan.agent.user.split(':')[0]}, "
+             "which has no home in the image)"] if plan.agent.home else [])
     return [
         f"bottle {plan.bottle_id}  (manifest {plan.manifest})",
         "",
         "Agent",
         f"  image     {plan.agent.image}",
         f"  command   {shlex.join(plan.agent.command)}",
-        f"  user      {plan.agent.user}, {user}",
+        f"  user      {plan.agent.user} ({USER_SOURCE_TEXT[plan.agent.user_source]}), {user}",
+        *home,
         f"  workdir   {plan.agent.workdir}  {workdir}",
         f"  limits    {plan.agent.resources.cpus:g} CPUs, {limits}",
         f"  network   {network}",

@@ -18,7 +18,6 @@ def test_minimal_manifest_gets_every_default(write_manifest):
             "image": DEFAULT_AGENT_IMAGE,
             "command": ["claude"],
             "workdir": "/workspace",
-            "user": "1000:1000",
             "env": {},
             "resources": {"cpus": 2, "memory": "4g", "pids": 1024},
         },
@@ -230,7 +229,9 @@ def errors_of(write_manifest, text: str) -> str:
             agent:
               user: "0:0"
             """,
-            "M:4: agent.user: expected a non-root UID:GID; found string '0:0'",
+            "M:4: agent.user: expected a non-root UID:GID; found string '0:0' (the agent never runs as root; "
+            "leave agent.user out to run as the workspace's owner, or chown the workspace to a user and name that "
+            "user here)",
             id="root-agent",
         ),
         pytest.param(

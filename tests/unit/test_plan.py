@@ -15,7 +15,7 @@ from bottle.launch.capture import ReportError, parse_report, ruleset
 from bottle.launch.policy_file import render_policy
 from bottle.manifest import load_manifest
 from bottle.mitm.policy import AllowRule, CapturedPort, Route, Transparent, parse_policy
-from bottle.plan import build_plan
+from bottle.plan import WorkspaceOwner, build_plan
 from bottle.backend.docker.preflight import render_preflight
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,9 @@ GOLDEN = {
 
 
 def example_plan(env=None):
-    return build_plan(load_manifest(EXAMPLE), env=env or {}, run_id="abc123")
+    # The repository checked out by uid 1000, as on a developer's machine.
+    return build_plan(load_manifest(EXAMPLE), env=env or {}, run_id="abc123",
+                      stat_workspace=lambda path: WorkspaceOwner(uid=1000, gid=1000, mode=0o755))
 
 
 def test_example_plan():

@@ -14,6 +14,7 @@ difference, so every other line of the plan is the same for both.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from bottle import __version__
 from bottle.backend.base import (  # noqa: F401 (the Docker backend reads these here)
@@ -204,9 +205,14 @@ class _EngineOptions:
     read_only_tmpfs: bool | None
     run_dir_options: tuple[tuple[str, str], ...]
     tmp_options: tuple[tuple[str, str], ...]
+    # The agent's HOME for a user the image has none for; owned by `user` (uid:gid).
+    home_options: Callable[[str], tuple[tuple[str, str], ...]]
 
 
 _TMPFS = (("rw", ""), ("noexec", ""), ("nosuid", ""), ("size", "64m"))
+# Memory-backed, so it counts against the agent's memory limit: room for the agent's
+# settings and caches, not for a whole package cache.
+_HOME = (("rw", ""), ("nosuid", ""), ("size", "1g"), ("mode", "0700"))
 ENGINE_OPTIONS = {
     # Docker: an internal bridge without an address on the host (inhibit_ipv4); Docker
     # itself turns IPv6 off in a container whose networks have none, and its embedded
@@ -218,6 +224,7 @@ ENGINE_OPTIONS = {
         read_only_tmpfs=None,
         run_dir_options=(*_TMPFS, ("uid", "10001"), ("gid", "10001"), ("mode", "0700")),
         tmp_options=_TMPFS,
+        home_options=lambda user: (*_HOME, ("uid", user.split(":")[0]), ("gid", user.split(":")[1])),
     ),
     # Podman (netavark): an internal network gets a gateway address on the host bridge
     # only to serve aardvark-dns, so without DNS the bridge has no IPv4 address at all.
@@ -232,6 +239,7 @@ ENGINE_OPTIONS = {
         read_only_tmpfs=False,
         run_dir_options=(*_TMPFS, ("mode", "0700"), ("notmpcopyup", ""), ("U", "")),
         tmp_options=(*_TMPFS, ("notmpcopyup", "")),
+        home_options=lambda user: (*_HOME, ("notmpcopyup", ""), ("U", "")),
     ),
 }
 
@@ -312,7 +320,10 @@ def docker_plan(plan: BottlePlan, engine: str = "docker", *, engine_note: str | 
     agent_env = [EnvVar(name=name, value=value) for name, value in agent_environment(plan)]
     mounts = []
     if agent.workspace:
-        mounts.append(Mount(type="bind", source=agent.workspace, target=agent.workdir))
+        mounts.append(Mount(type="bind", source=agent.workspace, target=agent.workdir,
+                            read_only=agent.workspace_read_only))
+    if agent.home:
+        mounts.append(Mount(type="tmpfs", target=agent.home, options=opts.home_options(agent.user)))
     agent_container = ContainerSpec(
         role="agent",
         name=f"{bid}-agent",

@@ -11,7 +11,13 @@ from bottle.backend.docker.plan import (
     network_create_argv,
     run_argv,
 )
-from bottle.backend.preflight import agent_lines, missing_credentials_lines, policy_lines, scanner_line
+from bottle.backend.preflight import (
+    agent_lines,
+    missing_credentials_lines,
+    policy_lines,
+    scanner_line,
+    workspace_text,
+)
 
 
 def _network(dplan: DockerBottlePlan) -> str:
@@ -56,8 +62,7 @@ def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str
         *agent_lines(
             plan,
             user="all capabilities dropped, no-new-privileges",
-            workdir=f"(host {plan.agent.workspace} mounted read-write)" if plan.agent.workspace
-            else "(no host directory mounted)",
+            workdir=workspace_text(plan),
             limits=f"{agent.memory} memory, {plan.agent.resources.pids} processes",
             network=_network(dplan),
         ),

@@ -370,11 +370,14 @@ class _Builder:
                 "volumeMounts": [
                     {"name": "trust", "mountPath": AGENT_CA_BUNDLE, "subPath": "ca-certificates.crt", "readOnly": True},
                     {"name": "agent-ca", "mountPath": AGENT_CA_FILE, "subPath": "bottle-egress-ca.crt", "readOnly": True},
+                    # A user the image has no home for gets one (emptyDir is writable by any uid).
+                    *([{"name": "home", "mountPath": agent.home}] if agent.home else []),
                 ],
             }],
             "volumes": [
                 ca,
                 {"name": "trust", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                *([{"name": "home", "emptyDir": {"sizeLimit": "1Gi"}}] if agent.home else []),
             ],
         }
         return self.pod(f"{plan.bottle_id}-agent", "agent", spec)
