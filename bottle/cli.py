@@ -333,6 +333,25 @@ def build(base_images: tuple[str, ...], ca_cert: Path | None, only: str | None, 
 
 
 @cli.command()
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json is a versioned contract (docs/doctor-json.md).")
+@engine_option
+def doctor(output_format: str, engine: str | None) -> None:
+    """Check that this host can build and run bottles, and say how to fix what is missing.
+
+    Exits 0 when everything `bottle start` needs is in place (warnings allowed), else 1.
+    """
+    from bottle.doctor import diagnose, render_text
+
+    report = diagnose(engine, os.environ)
+    if output_format == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(render_text(report), nl=False)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
 @click.option("--all", "remove_all", is_flag=True, help="Also remove bottles whose `bottle start` is still running.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @_backend_options
