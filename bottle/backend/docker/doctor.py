@@ -167,8 +167,8 @@ def _buildkit(docker: DockerCLI, engine: Engine | None) -> Check:
 def _image(docker: DockerCLI, check_id: str, role: str, image: str, fix: str) -> Check:
     result = docker.run(["image", "inspect", "--format", "{{.Id}}", image], check=False, timeout=60)
     if result.returncode == 0:
-        image_id = result.stdout.decode(errors="replace").strip()
-        return _check(check_id, OK, f"{image} is here ({image_id[:19]})")
+        image_id = result.stdout.decode(errors="replace").strip().removeprefix("sha256:")
+        return _check(check_id, OK, f"{image} is here (image {image_id[:12]})")
     stderr = result.stderr.decode(errors="replace").strip()
     if any(s.lower() in stderr.lower() for s in MISSING_IMAGE) or not stderr:
         return _check(check_id, FAIL, f"{image} is missing: bottle start needs it for the {role}", fix)
@@ -248,7 +248,9 @@ def _cgroups(engine: Engine, info: dict[str, Any]) -> Check:
         return _check("cgroups", WARN, f"cpu, memory and pids limits work (cgroup {version}); swap is not limited, "
                       "so the agent may swap beyond its memory limit",
                       "add swapaccount=1 to the kernel command line, or use cgroup v2")
-    return _check("cgroups", OK, f"cpu, memory, swap and pids limits are enforced (cgroup {version})")
+    # Podman's info says which controllers there are, not whether swap is accounted.
+    limits = "cpu, memory and pids" if engine.name == "podman" else "cpu, memory, swap and pids"
+    return _check("cgroups", OK, f"{limits} limits are enforced (cgroup {version})")
 
 
 def _disk(engine: Engine, info: dict[str, Any], env: Mapping[str, str]) -> Check:
