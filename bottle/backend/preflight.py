@@ -25,7 +25,7 @@ def workspace_text(plan: BottlePlan) -> str:
 
 def agent_lines(plan: BottlePlan, *, user: str, workdir: str, limits: str, network: str) -> list[str]:
     """The heading and the Agent section; the backend says how it confines the agent."""
-    home = ([f"  home      {plan.agent.home}  (made at start for uid {plan.agent.user.split(':')[0]}, "
+    home = ([f"  home      {plan.agent.home}  (its own, for uid {plan.agent.user.split(':')[0]}, "
              "which has no home in the image)"] if plan.agent.home else [])
     return [
         f"bottle {plan.bottle_id}  (manifest {plan.manifest})",

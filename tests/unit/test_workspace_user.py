@@ -49,7 +49,7 @@ def test_a_workspace_owned_by_1001_makes_the_agent_1001_with_a_home_of_its_own(b
     text = dry_run(path)
     assert text.exit_code == 0, text.output
     assert "  user      1001:1001 (the workspace's owner), all capabilities dropped, no-new-privileges\n" in text.output
-    assert "  home      /home/bottle  (made at start for uid 1001, which has no home in the image)\n" in text.output
+    assert "  home      /home/bottle  (its own, for uid 1001, which has no home in the image)\n" in text.output
     assert f"  workdir   /workspace  (host {path.parent / 'ws'} mounted read-write, owned by 1001:1001)\n" \
         in text.output
     document = json.loads(dry_run(path, "--format=json").output)
