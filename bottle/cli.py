@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -124,9 +126,12 @@ def schema() -> None:
     type=click.Choice(["discover", "enforce"]),
     help="Override egress.mode for this run: discover logs what enforce would block and lets it through.",
 )
+@click.option("-d", "--detach", is_flag=True,
+              help="Run in the background: print the bottle id and return once the agent runs "
+              "(`bottle ps`, `logs --agent`, `exec`, `stop`, `wait`).")
 @_backend_options
 def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format: str, egress_log: Path | None,
-          mode: str | None, backend: str | None, engine: str | None, namespace: str | None,
+          mode: str | None, detach: bool, backend: str | None, engine: str | None, namespace: str | None,
           kube_context: str | None) -> None:
     """Start a bottle from MANIFEST and run the agent in it.
 
@@ -134,29 +139,138 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 
         bottle start examples/claude.yaml -- claude -p "fix the failing test"
 
-    The agent's exit code becomes bottle's.
+    The agent's exit code becomes bottle's. With -d the bottle runs in the background and
+    tears itself down when the agent exits.
     """
+    from bottle import state
     from bottle.manifest import load_manifest
-    from bottle.plan import build_plan, new_run_id, proxy_image
-    from bottle.workspace import owner_of
+    from bottle.plan import new_run_id
 
-    loaded = load_manifest(manifest)
-    plan = build_plan(loaded, env=os.environ, run_id=new_run_id(), command=command or None,
-                      proxy_image=proxy_image(os.environ), mode=mode, stat_workspace=owner_of)
     if output_format != "text" and not dry_run:
         raise click.UsageError("--format applies to --dry-run only")
-    chosen = _backend(backend, loaded.data.get("backend"), namespace=namespace, context=kube_context,
-                      engine=engine, planning=dry_run)
-    backend_plan = chosen.plan(plan)
-    if dry_run:
-        if output_format == "json":
-            click.echo(json.dumps(backend_plan.to_dict(), indent=2))
-        else:
-            click.echo(backend_plan.render_text(), nl=False)
-        return
+    if detach and dry_run:
+        raise click.UsageError("--detach and --dry-run do not go together")
+    loaded = load_manifest(manifest)
+    directory = state.bottles_dir(os.environ)
+    run_id = new_run_id() if dry_run else _unique_run_id(loaded.data["name"], directory)
+    try:
+        chosen, backend_plan = _plan_start(loaded, command, run_id, mode=mode, backend=backend, engine=engine,
+                                           namespace=namespace, kube_context=kube_context, planning=dry_run)
+        if dry_run:
+            if output_format == "json":
+                click.echo(json.dumps(backend_plan.to_dict(), indent=2))
+            else:
+                click.echo(backend_plan.render_text(), nl=False)
+            return
+        bottle_id = backend_plan.bottle.bottle_id
+        if detach:
+            _start_detached(chosen, backend_plan, manifest, command, run_id, egress_log, mode, directory)
+            click.echo(bottle_id)
+            return
+    except BaseException:
+        if not dry_run:
+            _unreserve(directory, f"bottle-{loaded.data['name']}-{run_id}")
+        raise
     from bottle.run import run_bottle
 
-    sys.exit(run_bottle(backend_plan, chosen, egress_log=egress_log))
+    sys.exit(run_bottle(backend_plan, chosen, egress_log=egress_log, state_dir=directory))
+
+
+def _plan_start(loaded, command: tuple[str, ...], run_id: str, *, mode: str | None, backend: str | None,
+                engine: str | None, namespace: str | None, kube_context: str | None, planning: bool):
+    """The backend and its plan for a start (foreground, detached, or the supervisor's)."""
+    from bottle.plan import build_plan, proxy_image
+    from bottle.workspace import owner_of
+
+    plan = build_plan(loaded, env=os.environ, run_id=run_id, command=command or None,
+                      proxy_image=proxy_image(os.environ), mode=mode, stat_workspace=owner_of)
+    chosen = _backend(backend, loaded.data.get("backend"), namespace=namespace, context=kube_context,
+                      engine=engine, planning=planning)
+    return chosen, chosen.plan(plan)
+
+
+def _unique_run_id(name: str, directory: Path) -> str:
+    """A run id no bottle in this state directory has (claimed there, so two starts at once
+    cannot both take it)."""
+    from bottle import state
+    from bottle.plan import new_run_id
+
+    for _ in range(100):
+        run_id = new_run_id()
+        if state.reserve(directory, f"bottle-{name}-{run_id}"):
+            return run_id
+    raise BottleError(f"could not find a free bottle id in {directory}")
+
+
+def _unreserve(directory: Path, bottle_id: str) -> None:
+    """Drop a claimed id whose record was never written (the start failed before it ran)."""
+    from bottle import state
+
+    path = state.state_path(directory, bottle_id)
+    try:
+        if path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _start_detached(chosen, backend_plan, manifest: Path, command: tuple[str, ...], run_id: str,
+                    egress_log: Path | None, mode: str | None, directory: Path) -> None:
+    from bottle.operate import start_detached
+
+    if not chosen.supports_detached:
+        from bottle.errors import NotSupportedError
+
+        raise NotSupportedError(f"`bottle start -d` is not supported on the {chosen.name} backend yet; "
+                                "run the bottle in the foreground (e.g. under nohup or tmux)")
+
+    def argv(ready_fd: int) -> list[str]:
+        options = ["--run-id", run_id, "--ready-fd", str(ready_fd), "--backend", chosen.name]
+        engine = getattr(backend_plan, "engine", None)
+        if engine:
+            options += ["--engine", engine]
+        if egress_log is not None:
+            options += ["--egress-log", str(egress_log.resolve())]
+        if mode:
+            options += ["--mode", mode]
+        return [sys.executable, "-m", "bottle", "_supervise", *options, str(manifest.resolve()), "--", *command]
+
+    start_detached(argv, bottle_id=backend_plan.bottle.bottle_id, directory=directory,
+                   echo_err=lambda line: click.echo(line, err=True))
+
+
+@cli.command("_supervise", hidden=True)
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--run-id", required=True)
+@click.option("--ready-fd", type=int, required=True)
+@click.option("--egress-log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["discover", "enforce"]))
+@_backend_options
+def supervise(manifest: Path, command: tuple[str, ...], run_id: str, ready_fd: int, egress_log: Path | None,
+              mode: str | None, backend: str | None, engine: str | None, namespace: str | None,
+              kube_context: str | None) -> None:
+    """A detached bottle's supervisor (started by `bottle start -d`; docs/prds/0012)."""
+    from bottle import state
+    from bottle.manifest import load_manifest
+    from bottle.operate import Supervisor
+    from bottle.run import run_bottle
+
+    directory = state.bottles_dir(os.environ)
+    supervisor = Supervisor(ready_fd, directory, "")
+    try:
+        loaded = load_manifest(manifest)
+        chosen, backend_plan = _plan_start(loaded, command, run_id, mode=mode, backend=backend, engine=engine,
+                                           namespace=namespace, kube_context=kube_context, planning=False)
+        supervisor.bottle_id = backend_plan.bottle.bottle_id
+        supervisor.redirect_output()
+        code = run_bottle(backend_plan, chosen, egress_log=egress_log, state_dir=directory, detached=True,
+                          on_running=supervisor.running)
+    except BaseException as e:
+        supervisor.failed(e)
+        raise
+    supervisor.say(f"failed {code}\nthe bottle ended while starting (exit code {code})")
+    sys.exit(code)
 
 
 @cli.command()
@@ -166,14 +280,21 @@ def start(manifest: Path, command: tuple[str, ...], dry_run: bool, output_format
 @click.option("--host", metavar="HOST", help="Only this host (or *.suffix).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="json passes the log's own lines through (filters still apply).")
-def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format: str) -> None:
+@click.option("--agent", is_flag=True, help="The agent's own output (a bottle started with -d) instead.")
+def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format: str, agent: bool) -> None:
     """Show a bottle's egress log: a log file, a bottle id, or the start of one (`claude`).
 
     Logs live in $XDG_STATE_HOME/bottle/logs/<bottle id>.jsonl; a name that matches several
-    shows the newest.
+    shows the newest. With --agent: what the agent of a detached bottle wrote (stdout and stderr).
     """
     from bottle import egresslog
     from bottle.logtable import FOLLOW_WIDTHS, Filters, Table
+
+    if agent:
+        if blocked or host or output_format != "table":
+            raise click.UsageError("--blocked, --host and --format apply to the egress log, not --agent")
+        _agent_logs(log, follow)
+        return
 
     path, matches = egresslog.resolve_log(log, os.environ)
     if len(matches) > 1:
@@ -195,6 +316,24 @@ def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format:
         click.echo(table.header())
         show = lambda entry: click.echo(table.row(entry))  # noqa: E731
     egresslog.follow(path, lambda entry: show(entry) if filters.keep(entry) else None)
+
+
+def _agent_logs(ident: str, follow: bool) -> None:
+    from bottle import operate, state
+
+    directory = _bottles_dir()
+    record = state.resolve(ident, state.load_all(directory), directory)
+    if not record.get("agent_output"):
+        raise BottleError(f"{record['id']} ran in the foreground: its agent's output went to that terminal")
+    path = Path(record["agent_output"])
+    out = sys.stdout.buffer
+
+    def write(chunk: bytes) -> None:
+        out.write(chunk)
+        out.flush()
+
+    active = operate.still_running(directory, record["id"]) if follow else (lambda: False)
+    operate.follow_file(path, write, active=active)
 
 
 @cli.group()
@@ -361,6 +500,173 @@ def cleanup(remove_all: bool, dry_run: bool, backend: str | None, engine: str | 
     Kubernetes objects)."""
     chosen = _backend(backend, None, namespace=namespace, context=kube_context, engine=engine)
     chosen.cleanup(remove_running=remove_all, dry_run=dry_run, echo=click.echo)
+
+
+def _bottles_dir() -> Path:
+    from bottle import state
+
+    return state.bottles_dir(os.environ)
+
+
+def _record_backend(record: dict):
+    """The backend a recorded bottle runs on (its engine as recorded)."""
+    return _backend(record.get("backend"), None, engine=record.get("engine") if record.get("backend") == "docker" else None)
+
+
+def _components(records: list[dict]) -> dict[str, dict[str, str]]:
+    """role -> status of the containers of every bottle that should be running, one engine
+    call per backend and engine."""
+    from bottle import state
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("state") == state.RUNNING and state.process_alive(r.get("supervisor")):
+            groups.setdefault((r.get("backend"), r.get("engine")), []).append(r)
+    found: dict[str, dict[str, str]] = {}
+    for group in groups.values():
+        try:
+            found.update(_record_backend(group[0]).components([r["id"] for r in group]))
+        except BottleError as e:
+            click.echo(f"bottle: could not ask the engine about {len(group)} bottle(s): {e.message}", err=True)
+    return found
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also bottles that exited or failed.")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json is a versioned document (docs/prds/0012-operating-bottles.md).")
+def ps(show_all: bool, output_format: str) -> None:
+    """List bottles: id, name, state, age, requests and blocked, agent command.
+
+    The state is checked, not only recorded: a bottle whose supervising process is gone shows
+    as dead, and one whose scanner or proxy container is not running says so.
+    """
+    from bottle import operate, state
+
+    records = state.load_all(_bottles_dir())
+    rows = operate.ps_rows(records, _components(records), show_all=show_all)
+    if output_format == "json":
+        click.echo(json.dumps(operate.ps_document(rows), indent=2))
+    else:
+        click.echo(operate.ps_table(rows), nl=False)
+
+
+@cli.command()
+@click.argument("bottles", nargs=-1, metavar="BOTTLE...")
+@click.option("--all", "stop_all", is_flag=True, help="Every bottle in this state directory that is not ended.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True,
+              help="Seconds to wait for a teardown before removing the bottle's objects directly.")
+def stop(bottles: tuple[str, ...], stop_all: bool, timeout: float) -> None:
+    """Stop bottles (an id, the start of one, or a name) and wait until each is torn down.
+
+    The bottle's own teardown runs, as for Ctrl-C in the foreground. One that does not finish
+    within --timeout, or whose supervising process died, has its labelled objects removed
+    directly (as `bottle cleanup` does).
+    """
+    from bottle import operate, state
+
+    if bool(bottles) == stop_all:
+        raise click.UsageError("name the bottles to stop, or give --all")
+    directory = _bottles_dir()
+    records = state.load_all(directory)
+    if stop_all:
+        targets = [r for r in records if r.get("state") not in state.FINAL]
+    else:
+        targets, seen = [], set()
+        for ident in bottles:
+            record = state.resolve(ident, records, directory)
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                targets.append(record)
+    signalled, orphaned = [], []
+    for record in targets:
+        if record.get("state") in state.FINAL:
+            click.echo(f"bottle: {record['id']} already {operate.state_text(record, record['state'], [])}", err=True)
+        elif operate.signal_supervisor(record):
+            click.echo(f"bottle: stopping {record['id']}", err=True)
+            signalled.append(record)
+        else:
+            orphaned.append(record)
+    stuck = operate.wait_gone(signalled, timeout)
+    failures = 0
+    for record in signalled:
+        if record in stuck:
+            continue
+        final = state.read(state.state_path(directory, record["id"])) or record
+        if final.get("state") in state.FINAL:
+            click.echo(record["id"])
+        else:
+            orphaned.append(final)  # it ended without recording its end
+    for record in stuck:
+        click.echo(f"bottle: {record['id']} was not torn down within {timeout:g} s; killing its supervisor "
+                   "and removing its objects directly", err=True)
+        with contextlib.suppress(OSError):
+            os.kill(record["supervisor"]["pid"], signal.SIGKILL)
+    for record in orphaned:
+        if record not in stuck:
+            click.echo(f"bottle: the process running {record['id']} is gone; removing its objects directly",
+                       err=True)
+    for record in [*stuck, *orphaned]:
+        try:
+            _record_backend(record).remove_bottle(record["id"], echo=lambda line: click.echo(f"bottle: {line}", err=True))
+        except BottleError as e:
+            click.echo(f"bottle: could not remove what {record['id']} left: {e.message}", err=True)
+            failures += 1
+            continue
+        state.update(directory, record["id"], state=state.EXITED, ended=state.now(),
+                     error="stopped: its objects were removed directly")
+        click.echo(record["id"])
+    if failures:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("bottle_ref", metavar="BOTTLE")
+def wait(bottle_ref: str) -> None:
+    """Block until the bottle's agent exits (and the bottle is torn down); print its exit code
+    and exit with it."""
+    from bottle import operate, state
+
+    directory = _bottles_dir()
+    record = state.resolve(bottle_ref, state.load_all(directory), directory)
+    final = operate.wait_final(directory, record["id"])
+    if final.get("state") == state.FAILED:
+        raise BottleError(f"{record['id']} failed: {final.get('error')}")
+    code = final.get("exit_code")
+    if code is None:
+        raise BottleError(f"{record['id']} ended without an exit code: {final.get('error') or 'unknown'}")
+    click.echo(code)
+    sys.exit(code)
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": False})
+@click.argument("bottle_ref", metavar="BOTTLE")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-i", "--interactive", is_flag=True,
+              help="Pass standard input (always done; accepted as with docker exec).")
+@click.option("-t", "--tty", is_flag=True,
+              help="Give the command a terminal (the default when stdin and stdout are terminals and -i is not given alone).")
+def exec_(bottle_ref: str, command: tuple[str, ...], interactive: bool, tty: bool) -> None:
+    """Run COMMAND in a running bottle's agent: as the agent's user, with the agent's
+    environment (proxy variables, CA bundle, placeholders) and none of this shell's.
+
+        bottle exec ID -- sh
+    """
+    from bottle import operate, state
+
+    directory = _bottles_dir()
+    records = state.load_all(directory)
+    record = state.resolve(bottle_ref, records, directory)
+    live, problems = operate.live_state(record, None)
+    if live != state.RUNNING:
+        raise BottleError(f"{record['id']} is not running ({operate.state_text(record, live, problems)}); "
+                          "exec needs a running bottle")
+    if not tty and not interactive:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+    argv = _record_backend(record).exec_argv(record["id"], command, stdin=True, tty=tty)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 @cli.command()

@@ -136,6 +136,29 @@ class BottleBackend(abc.ABC, Generic[P]):
     def cleanup(self, *, remove_running: bool, dry_run: bool, echo: Callable[[str], None]) -> int:
         """Remove leftovers of bottles whose `bottle start` is gone. Returns how many were removed."""
 
+    # -- operating running bottles (`bottle ps|exec|stop`, docs/prds/0012) ------------------
+    # A backend that cannot do these says so; `bottle start -d` needs all three.
+    supports_detached: ClassVar[bool] = False
+
+    def components(self, bottle_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """For each bottle id: role (agent, proxy, pipelock) -> "running", "healthy", or what
+        is wrong ("exited", "unhealthy", "missing"). Bottles this backend cannot see are left out."""
+        return {}
+
+    def exec_argv(self, bottle_id: str, command: Sequence[str], *, stdin: bool, tty: bool) -> list[str]:
+        """The argv that runs `command` in the bottle's agent as the agent's user, with the
+        agent's environment and none of the host's."""
+        from bottle.errors import NotSupportedError
+
+        raise NotSupportedError(f"`bottle exec` is not supported on the {self.name} backend yet")
+
+    def remove_bottle(self, bottle_id: str, *, echo: Callable[[str], None]) -> int:
+        """Remove every object labelled with `bottle_id` (what `bottle cleanup` would remove of
+        it); returns how many were removed."""
+        from bottle.errors import NotSupportedError
+
+        raise NotSupportedError(f"removing one bottle is not supported on the {self.name} backend yet")
+
 
 def owner_label() -> str:
     """The value that replaces OWNER: this `bottle start` process, as host:pid."""

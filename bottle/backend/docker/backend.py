@@ -542,6 +542,60 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                 found.append((name, json.loads(result.stdout or b"null") or {}))
         return found
 
+    # -- operating running bottles (docs/prds/0012-operating-bottles.md) ---------------
+
+    supports_detached = True
+
+    def components(self, bottle_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        wanted = set(bottle_ids)
+        found: dict[str, dict[str, str]] = {b: {} for b in wanted}
+        ids = self.docker.output(["ps", "--all", "--quiet", "--filter", f"label={dp.MANAGED_LABEL}=true"]).split()
+        if not ids:
+            return found
+        # One inspect for all: labels say whose and which; health where the container has a check.
+        fmt = "{{json .Config.Labels}}\t{{.State.Status}}\t{{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        result = self.docker.run(["inspect", "--type", "container", "--format", fmt, *ids], check=False)
+        for line in result.stdout.decode(errors="replace").splitlines():
+            labels_json, _, rest = line.partition("\t")
+            status, _, health = rest.partition("\t")
+            try:
+                labels = json.loads(labels_json) or {}
+            except ValueError:
+                continue
+            bottle_id, role = labels.get(dp.BOTTLE_LABEL), labels.get(dp.ROLE_LABEL)
+            if bottle_id in wanted and role in ("agent", "proxy", "pipelock"):
+                found[bottle_id][role] = health.strip() or status.strip()
+        return found
+
+    def exec_argv(self, bottle_id: str, command: Sequence[str], *, stdin: bool, tty: bool) -> list[str]:
+        ids = self.docker.output(["ps", "--all", "--quiet", "--filter", f"label={dp.BOTTLE_LABEL}={bottle_id}",
+                                  "--filter", f"label={dp.ROLE_LABEL}=agent"]).split()
+        if not ids:
+            raise BackendError(f"the agent container of {bottle_id} is gone",
+                               tip=f"`bottle ps -a` shows what became of it; `bottle stop {bottle_id}` removes the rest")
+        user, _, status = self.docker.output(
+            ["inspect", "--type", "container", "--format", "{{.Config.User}} {{.State.Status}}", ids[0]]).partition(" ")
+        if status != "running":
+            raise BackendError(f"the agent container of {bottle_id} is {status or 'not running'}")
+        # `exec` passes no variable of this process: the command gets the container's own
+        # environment (proxy variables, CA bundle, placeholders), as the agent's user.
+        return self.docker.argv(["exec", *(["-i"] if stdin else []), *(["-t"] if tty else []),
+                                 "--user", user or "0:0", ids[0], *command])
+
+    def remove_bottle(self, bottle_id: str, *, echo: Callable[[str], None]) -> int:
+        label = f"label={dp.BOTTLE_LABEL}={bottle_id}"
+        removed = 0
+        for kind, listing in (("container", ["ps", "--all", "--format", "{{.Names}}"]),
+                              ("volume", ["volume", "ls", "--format", "{{.Name}}"]),
+                              ("network", ["network", "ls", "--format", "{{.Name}}"])):
+            names = self.docker.output([*listing, "--filter", label]).split()
+            for name in names:
+                echo(f"removing {kind} {name}")
+            if names:
+                self._remove(kind, names, keep=False)
+            removed += len(names)
+        return removed
+
 
 def _substitute(value: str, substitutions: Mapping[str, str]) -> str:
     for marker, replacement in substitutions.items():
