@@ -36,16 +36,17 @@ ROLE_NAMES = {"pipelock": "scanner", "proxy": "proxy", "agent": "agent"}
 # -- start -d: the parent's side -------------------------------------------------------------
 
 
-def start_detached(supervise_argv: Sequence[str], *, bottle_id: str, directory: Path,
+def start_detached(supervise_argv: Callable[[int], Sequence[str]], *, bottle_id: str, directory: Path,
                    echo_err: Callable[[str], None]) -> None:
-    """Start the supervisor (`supervise_argv` plus `--ready-fd N`) and return once it says the
-    agent runs; raise with its error when the start fails (everything already torn down)."""
+    """Start the supervisor (`supervise_argv(fd)`: its argv, told to write its word to fd) and
+    return once it says the agent runs; raise with its error when the start fails (everything
+    already torn down)."""
     log_path = state.supervisor_log_path(directory, bottle_id)
     read_end, write_end = os.pipe()
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
         supervisor = subprocess.Popen(
-            [*supervise_argv, "--ready-fd", str(write_end)],
+            list(supervise_argv(write_end)),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
             start_new_session=True,  # no terminal: a closed shell or Ctrl-C here does not reach it
         )

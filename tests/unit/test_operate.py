@@ -300,3 +300,83 @@ def test_logs_agent_prints_the_agents_output_and_refuses_a_foreground_bottle(tmp
     refused = invoke(tmp_path, "logs", "fg", "--agent")
     assert refused.exit_code == 1 and "ran in the foreground" in refused.output
 
+
+
+def test_the_new_commands_have_help_and_the_supervisor_is_hidden(tmp_path):
+    for command in ("ps", "stop", "wait", "exec", "logs"):
+        result = invoke(tmp_path, command, "--help")
+        assert result.exit_code == 0 and "Usage: " in result.output, command
+    listing = invoke(tmp_path, "--help").output
+    assert "_supervise" not in listing and " ps " in listing and " exec " in listing
+
+
+def test_detach_and_dry_run_do_not_go_together(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "claude.yaml"
+    result = invoke(tmp_path, "start", "-d", "--dry-run", str(example))
+    assert result.exit_code == 2 and "--detach and --dry-run do not go together" in result.output
+    assert not (tmp_path / "bottle").exists()  # no id was claimed
+
+
+# -- the Docker backend's side, with a fake client ----------------------------------------------------
+
+
+class ScriptedDocker:
+    executable = "/usr/bin/docker"
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def argv(self, args):
+        return [self.executable, *args]
+
+    def run(self, args, *, check=True, **kwargs):
+        self.calls.append(list(args))
+        for prefix, out in self.answers:
+            if list(args[:len(prefix)]) == prefix:
+                return subprocess.CompletedProcess(args, 0, out.encode(), b"")
+        return subprocess.CompletedProcess(args, 0, b"", b"")
+
+    def output(self, args, **kwargs):
+        return self.run(args, **kwargs).stdout.decode().strip()
+
+
+def labels(bottle_id, role):
+    return json.dumps({"dev.bottle.bottle": bottle_id, "dev.bottle.role": role})
+
+
+def test_components_are_read_by_label_and_a_stopped_container_is_not_called_healthy():
+    from bottle.backend.docker.backend import DockerBackend
+
+    inspected = "\n".join([
+        f"{labels('bottle-a-1', 'agent')}\trunning\t",
+        f"{labels('bottle-a-1', 'proxy')}\trunning\t",
+        f"{labels('bottle-a-1', 'pipelock')}\texited\thealthy",   # stopped: its last health is stale
+        f"{labels('bottle-b-2', 'pipelock')}\trunning\tunhealthy",
+        f"{labels('bottle-other-3', 'agent')}\trunning\t",        # not asked about
+    ])
+    docker = ScriptedDocker([(["ps"], "c1 c2 c3 c4 c5"), (["inspect"], inspected)])
+    found = DockerBackend(docker, env={}).components(["bottle-a-1", "bottle-b-2"])
+    assert found == {"bottle-a-1": {"agent": "running", "proxy": "running", "pipelock": "exited"},
+                     "bottle-b-2": {"pipelock": "unhealthy"}}
+    rows = operate.ps_rows([record("bottle-a-1"), record("bottle-b-2")], found, show_all=False, now=NOW)
+    assert [r["status"] for r in rows] == ["running (scanner down)", "running (scanner unhealthy, proxy down, agent down)"]
+
+
+def test_exec_names_the_agents_user_explicitly_and_passes_no_environment():
+    from bottle.backend.docker.backend import DockerBackend
+
+    docker = ScriptedDocker([(["ps"], "f00d"), (["inspect"], "1000:1000 running")])
+    argv = DockerBackend(docker, env={}).exec_argv("bottle-a-1", ["sh", "-c", "id"], stdin=True, tty=False)
+    assert argv == ["/usr/bin/docker", "exec", "-i", "--user", "1000:1000", "f00d", "sh", "-c", "id"]
+    assert ["--filter", "label=dev.bottle.role=agent"] == docker.calls[0][-2:]
+    assert not any(a in ("-e", "--env", "--env-file") for a in argv)
+
+
+def test_exec_into_a_stopped_agent_container_is_refused():
+    from bottle.backend.docker.backend import DockerBackend
+
+    docker = ScriptedDocker([(["ps"], "f00d"), (["inspect"], "1000:1000 exited")])
+    with pytest.raises(BottleError) as e:
+        DockerBackend(docker, env={}).exec_argv("bottle-a-1", ["id"], stdin=True, tty=True)
+    assert "the agent container of bottle-a-1 is exited" in e.value.message

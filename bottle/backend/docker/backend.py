@@ -564,7 +564,9 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                 continue
             bottle_id, role = labels.get(dp.BOTTLE_LABEL), labels.get(dp.ROLE_LABEL)
             if bottle_id in wanted and role in ("agent", "proxy", "pipelock"):
-                found[bottle_id][role] = health.strip() or status.strip()
+                # A stopped container keeps its last health: its status says more then.
+                status, health = status.strip(), health.strip()
+                found[bottle_id][role] = health if status == "running" and health else status
         return found
 
     def exec_argv(self, bottle_id: str, command: Sequence[str], *, stdin: bool, tty: bool) -> list[str]:
