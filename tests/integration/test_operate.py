@@ -114,6 +114,9 @@ def test_eight_detached_bottles_each_reach_only_their_host_and_stop_cleanly(worl
             assert (row["state"], row["status"], row["problems"]) == ("running", "running", [])
             assert row["components"] == {"agent": "running", "proxy": "running", "scanner": "healthy"}
             assert row["command"] == ["sleep", "600"] and row["detached"] is True
+        # The supervisor owns the bottle: `bottle cleanup` leaves it alone while it runs.
+        owner = inspect(f"{ids[0]}-proxy", '{{index .Config.Labels "dev.bottle.owner"}}')
+        assert owner == f"{rows[ids[0]]['supervisor']['host']}:{rows[ids[0]]['supervisor']['pid']}"
         table = bottle(world, "ps").stdout.splitlines()
         assert table[0].split()[:4] == ["BOTTLE", "ID", "NAME", "STATE"]
         assert sorted(line.split()[0] for line in table[1:]) == sorted(ids)
@@ -248,3 +251,31 @@ def test_a_detached_start_that_fails_says_why_and_leaves_nothing(world):
     (row,) = [r for r in ps_json(world, "-a")["bottles"] if r["name"] == "broken"]
     assert row["state"] == "failed" and missing_net in row["error"]
     assert leftovers(row["id"]) == []
+
+
+def test_detached_on_either_engine(engine, manifest, tmp_path):
+    """start -d, exec, ps and stop on Docker and on rootful Podman (the conftest's upstream)."""
+    from tests.integration.conftest import AGENT_RULES
+
+    env = bottle_env({**engine.env, "XDG_STATE_HOME": str(tmp_path / "state")})
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bottle", *args], capture_output=True, text=True, env=env,
+                              timeout=240, stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+    started = run("start", "-d", str(manifest(AGENT_RULES, name="either")), "--", "sleep", "600")
+    assert started.returncode == 0, started.stderr
+    bottle_id = started.stdout.strip()
+    try:
+        probe = run("exec", "either", "--", "sh", "-c",
+                    "curl -sS -o /dev/null -w '%{http_code}' https://api.anthropic.com/")
+        assert (probe.returncode, probe.stdout) == (0, "200"), probe.stderr
+        (row,) = json.loads(run("ps", "--format", "json").stdout)["bottles"]
+        assert (row["id"], row["status"]) == (bottle_id, "running")
+        assert row["components"] == {"agent": "running", "proxy": "running", "scanner": "healthy"}
+        stopped = run("stop", bottle_id)
+        assert (stopped.returncode, stopped.stdout) == (0, bottle_id + "\n"), stopped.stderr
+        assert leftovers(bottle_id, engine) == []
+    finally:
+        if leftovers(bottle_id, engine):
+            run("stop", "--all")
