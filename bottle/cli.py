@@ -216,7 +216,7 @@ def _unreserve(directory: Path, bottle_id: str) -> None:
 
 def _start_detached(chosen, backend_plan, manifest: Path, command: tuple[str, ...], run_id: str,
                     egress_log: Path | None, mode: str | None, directory: Path) -> None:
-    from bottle.operate import start_detached
+    from bottle.operations import start_detached
 
     if not chosen.supports_detached:
         from bottle.errors import NotSupportedError
@@ -253,7 +253,7 @@ def supervise(manifest: Path, command: tuple[str, ...], run_id: str, ready_fd: i
     """A detached bottle's supervisor (started by `bottle start -d`; docs/prds/0012)."""
     from bottle import state
     from bottle.manifest import load_manifest
-    from bottle.operate import Supervisor
+    from bottle.operations import Supervisor
     from bottle.run import run_bottle
 
     directory = state.bottles_dir(os.environ)
@@ -319,7 +319,7 @@ def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format:
 
 
 def _agent_logs(ident: str, follow: bool) -> None:
-    from bottle import operate, state
+    from bottle import operations, state
 
     directory = _bottles_dir()
     record = state.resolve(ident, state.load_all(directory), directory)
@@ -332,8 +332,8 @@ def _agent_logs(ident: str, follow: bool) -> None:
         out.write(chunk)
         out.flush()
 
-    active = operate.still_running(directory, record["id"]) if follow else (lambda: False)
-    operate.follow_file(path, write, active=active)
+    active = operations.still_running(directory, record["id"]) if follow else (lambda: False)
+    operations.follow_file(path, write, active=active)
 
 
 @cli.group()
@@ -541,14 +541,14 @@ def ps(show_all: bool, output_format: str) -> None:
     The state is checked, not only recorded: a bottle whose supervising process is gone shows
     as dead, and one whose scanner or proxy container is not running says so.
     """
-    from bottle import operate, state
+    from bottle import operations, state
 
     records = state.load_all(_bottles_dir())
-    rows = operate.ps_rows(records, _components(records), show_all=show_all)
+    rows = operations.ps_rows(records, _components(records), show_all=show_all)
     if output_format == "json":
-        click.echo(json.dumps(operate.ps_document(rows), indent=2))
+        click.echo(json.dumps(operations.ps_document(rows), indent=2))
     else:
-        click.echo(operate.ps_table(rows), nl=False)
+        click.echo(operations.ps_table(rows), nl=False)
 
 
 @cli.command()
@@ -563,7 +563,7 @@ def stop(bottles: tuple[str, ...], stop_all: bool, timeout: float) -> None:
     within --timeout, or whose supervising process died, has its labelled objects removed
     directly (as `bottle cleanup` does).
     """
-    from bottle import operate, state
+    from bottle import operations, state
 
     if bool(bottles) == stop_all:
         raise click.UsageError("name the bottles to stop, or give --all")
@@ -581,13 +581,13 @@ def stop(bottles: tuple[str, ...], stop_all: bool, timeout: float) -> None:
     signalled, orphaned = [], []
     for record in targets:
         if record.get("state") in state.FINAL:
-            click.echo(f"bottle: {record['id']} already {operate.state_text(record, record['state'], [])}", err=True)
-        elif operate.signal_supervisor(record):
+            click.echo(f"bottle: {record['id']} already {operations.state_text(record, record['state'], [])}", err=True)
+        elif operations.signal_supervisor(record):
             click.echo(f"bottle: stopping {record['id']}", err=True)
             signalled.append(record)
         else:
             orphaned.append(record)
-    stuck = operate.wait_gone(signalled, timeout)
+    stuck = operations.wait_gone(signalled, timeout)
     failures = 0
     for record in signalled:
         if record in stuck:
@@ -625,11 +625,11 @@ def stop(bottles: tuple[str, ...], stop_all: bool, timeout: float) -> None:
 def wait(bottle_ref: str) -> None:
     """Block until the bottle's agent exits (and the bottle is torn down); print its exit code
     and exit with it."""
-    from bottle import operate, state
+    from bottle import operations, state
 
     directory = _bottles_dir()
     record = state.resolve(bottle_ref, state.load_all(directory), directory)
-    final = operate.wait_final(directory, record["id"])
+    final = operations.wait_final(directory, record["id"])
     if final.get("state") == state.FAILED:
         raise BottleError(f"{record['id']} failed: {final.get('error')}")
     code = final.get("exit_code")
@@ -652,14 +652,14 @@ def exec_(bottle_ref: str, command: tuple[str, ...], interactive: bool, tty: boo
 
         bottle exec ID -- sh
     """
-    from bottle import operate, state
+    from bottle import operations, state
 
     directory = _bottles_dir()
     records = state.load_all(directory)
     record = state.resolve(bottle_ref, records, directory)
-    live, problems = operate.live_state(record, None)
+    live, problems = operations.live_state(record, None)
     if live != state.RUNNING:
-        raise BottleError(f"{record['id']} is not running ({operate.state_text(record, live, problems)}); "
+        raise BottleError(f"{record['id']} is not running ({operations.state_text(record, live, problems)}); "
                           "exec needs a running bottle")
     if not tty and not interactive:
         tty = sys.stdin.isatty() and sys.stdout.isatty()

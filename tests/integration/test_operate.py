@@ -279,3 +279,34 @@ def test_detached_on_either_engine(engine, manifest, tmp_path):
     finally:
         if leftovers(bottle_id, engine):
             run("stop", "--all")
+
+
+def test_a_foreground_bottle_is_listed_and_stopped_like_a_detached_one(world):
+    manifest = write_manifest(world, 2, name="fg")
+    env = bottle_env({"XDG_STATE_HOME": str(world["state"]), "BOTTLE_DOCKER": DOCKER})
+    foreground = subprocess.Popen([sys.executable, "-m", "bottle", "start", str(manifest), "--", "sleep", "600"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  cwd=world["dir"], text=True)
+    bottle_id = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            rows = [r for r in ps_json(world)["bottles"] if r["name"] == "fg"]
+            if rows and rows[0]["state"] == "running":
+                break
+            assert foreground.poll() is None and time.monotonic() < deadline, rows
+            time.sleep(0.5)
+        (row,) = rows
+        bottle_id = row["id"]
+        assert (row["detached"], row["agent_output"], row["supervisor"]["pid"]) == (False, None, foreground.pid)
+        stopped = bottle(world, "stop", "fg")
+        assert (stopped.returncode, stopped.stdout) == (0, bottle_id + "\n"), stopped.stderr
+        assert foreground.wait(timeout=10) == 128 + signal.SIGTERM
+        assert f"bottle: SIGTERM received, tearing down {bottle_id}" in foreground.stderr.read()
+        assert leftovers(bottle_id) == []
+        refused = bottle(world, "logs", "fg", "--agent")
+        assert refused.returncode == 1 and f"{bottle_id} ran in the foreground" in refused.stderr
+    finally:
+        if foreground.poll() is None:
+            foreground.terminate()
+            foreground.wait(timeout=60)

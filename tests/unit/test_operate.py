@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bottle import operate, state
+from bottle import operations, state
 from bottle.cli import cli
 from bottle.errors import BottleError, StartError
 from bottle.run import run_bottle
@@ -183,7 +183,7 @@ def test_ps_checks_the_supervisor_and_the_components(tmp_path):
         record("bottle-e-000005", st=state.STARTING),
     ]
     components = {"bottle-a-000001": HEALTHY, "bottle-b-000002": {**HEALTHY, "pipelock": "exited"}}
-    rows = operate.ps_rows(records, components, show_all=False, now=NOW)
+    rows = operations.ps_rows(records, components, show_all=False, now=NOW)
     assert [(r["id"], r["status"]) for r in rows] == [
         ("bottle-a-000001", "running"),
         ("bottle-b-000002", "running (scanner down)"),
@@ -192,21 +192,21 @@ def test_ps_checks_the_supervisor_and_the_components(tmp_path):
     ]
     assert (rows[0]["requests"], rows[0]["blocked"]) == (2, 1)
     assert rows[0]["components"] == {"agent": "running", "proxy": "running", "scanner": "healthy"}
-    every = operate.ps_rows(records, components, show_all=True, now=NOW)
+    every = operations.ps_rows(records, components, show_all=True, now=NOW)
     assert [r["status"] for r in every if r["id"] == "bottle-d-000004"] == ["exited (7)"]
 
 
 def test_a_missing_or_unhealthy_proxy_is_shown():
-    rows = operate.ps_rows([record("bottle-a-000001")], {"bottle-a-000001": {"agent": "running", "pipelock": "unhealthy"}},
+    rows = operations.ps_rows([record("bottle-a-000001")], {"bottle-a-000001": {"agent": "running", "pipelock": "unhealthy"}},
                            show_all=False, now=NOW)
     assert rows[0]["status"] == "running (scanner unhealthy, proxy down)"
     assert rows[0]["problems"] == ["scanner unhealthy", "proxy down"]
 
 
 def test_ps_table_has_a_header_and_one_aligned_line_per_bottle():
-    rows = operate.ps_rows([record("bottle-a-000001"), record("bottle-long-name-000002", name="long-name")],
+    rows = operations.ps_rows([record("bottle-a-000001"), record("bottle-long-name-000002", name="long-name")],
                            {"bottle-a-000001": HEALTHY, "bottle-long-name-000002": HEALTHY}, show_all=False, now=NOW)
-    lines = operate.ps_table(rows, now=NOW).splitlines()
+    lines = operations.ps_table(rows, now=NOW).splitlines()
     assert lines[0].split() == ["BOTTLE", "ID", "NAME", "STATE", "AGE", "REQUESTS", "BLOCKED", "COMMAND"]
     assert lines[1].split() == ["bottle-a-000001", "demo", "running", "5m", "0", "0", "sleep", "600"]
     assert lines[0].index("NAME") == lines[1].index(" demo ") + 1 == lines[2].index(" long-name ") + 1
@@ -219,7 +219,7 @@ def test_ps_json_is_a_versioned_document(tmp_path, monkeypatch):
     result = invoke(tmp_path, "ps", "-a", "--format", "json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["version"] == operate.PS_JSON_VERSION == 1
+    assert document["version"] == operations.PS_JSON_VERSION == 1
     first, second = document["bottles"]
     assert set(first) == {"id", "name", "state", "problems", "status", "exit_code", "error", "created", "age_seconds",
                           "command", "requests", "blocked", "detached", "manifest", "backend", "engine", "supervisor",
@@ -261,7 +261,7 @@ def test_wait_returns_once_the_record_is_final(tmp_path):
         calls.append(1)
         state.update(tmp_path, "bottle-demo-abcdef", state=state.EXITED, exit_code=3)
 
-    assert operate.wait_final(tmp_path, "bottle-demo-abcdef", sleep=sleep)["exit_code"] == 3 and calls == [1]
+    assert operations.wait_final(tmp_path, "bottle-demo-abcdef", sleep=sleep)["exit_code"] == 3 and calls == [1]
 
 
 def test_exec_into_an_exited_bottle_is_refused_clearly(tmp_path):
@@ -359,7 +359,7 @@ def test_components_are_read_by_label_and_a_stopped_container_is_not_called_heal
     found = DockerBackend(docker, env={}).components(["bottle-a-1", "bottle-b-2"])
     assert found == {"bottle-a-1": {"agent": "running", "proxy": "running", "pipelock": "exited"},
                      "bottle-b-2": {"pipelock": "unhealthy"}}
-    rows = operate.ps_rows([record("bottle-a-1"), record("bottle-b-2")], found, show_all=False, now=NOW)
+    rows = operations.ps_rows([record("bottle-a-1"), record("bottle-b-2")], found, show_all=False, now=NOW)
     assert [r["status"] for r in rows] == ["running (scanner down)", "running (scanner unhealthy, proxy down, agent down)"]
 
 
