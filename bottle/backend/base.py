@@ -168,12 +168,9 @@ def owner_label() -> str:
 def owner_alive(owner: str) -> bool:
     """Whether the `bottle start` named by an owner value still runs (on this host)."""
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from bottle.state import process_alive
+
+    # Also a zombie is gone: a SIGKILLed supervisor nobody reaped must not hold its bottle.
+    return process_alive({"host": host, "pid": int(pid)})

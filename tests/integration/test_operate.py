@@ -184,6 +184,10 @@ def test_eight_detached_bottles_each_reach_only_their_host_and_stop_cleanly(worl
             time.sleep(0.2)
         assert now[ids[6]]["status"] == "running (scanner down)"
         assert now[ids[7]]["status"] == "dead (run `bottle cleanup`)"
+        # ...and `bottle cleanup` agrees (dry run: other suites' leftovers are not ours to remove).
+        cleanup = bottle(world, "cleanup", "--dry-run")
+        assert f"would remove container {ids[7]}-agent" in cleanup.stdout, cleanup.stdout
+        assert f"skipping container {ids[6]}-agent: its bottle {ids[6]} is still running" in cleanup.stdout
 
         # stop --all: every bottle of this state directory, torn down; the dead one's objects removed directly.
         stopping = time.monotonic()

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,21 @@ def test_this_process_is_alive_and_a_dead_one_or_another_host_is_not():
     assert not state.process_alive(dead_process())
     assert not state.process_alive({**state.this_process(), "host": "elsewhere"})
     assert not state.process_alive(None)
+
+
+def test_a_killed_process_nobody_reaped_is_not_alive_for_ps_or_cleanup():
+    from bottle.backend.base import owner_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline
+        assert not state.process_alive({"host": socket.gethostname(), "pid": child.pid})
+        assert not owner_alive(f"{socket.gethostname()}:{child.pid}")
+        assert owner_alive(f"{socket.gethostname()}:{os.getpid()}")
+    finally:
+        child.wait()
 
 
 def test_a_reused_pid_is_not_taken_for_the_supervisor():
