@@ -46,6 +46,7 @@ def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path |
             print(f"bottle: mitm ca fingerprint: {launch_secrets.ca.short_fingerprint}…", file=sys.stderr)
             print(f"bottle: egress log: {log_path}", file=sys.stderr)
             stack.enter_context(backend.follow_egress_log(running, log_path))
+            stack.enter_context(backend.watch(running, _say))
             return backend.run_agent(running, plan.agent.command, interactive=interactive)
     except Terminated as e:
         print(f"bottle: {e} received, tearing down {plan.bottle_id}", file=sys.stderr)
@@ -54,6 +55,10 @@ def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path |
         with signals_ignored():
             stack.close()
             _print_summary(log_path)
+
+
+def _say(message: str) -> None:
+    print(f"bottle: {message}", file=sys.stderr, flush=True)
 
 
 def _print_summary(log_path: Path) -> None:
