@@ -1,0 +1,143 @@
+"""The watcher that notices a scanner or proxy dying mid-run, fed a fake engine's answers."""
+
+from __future__ import annotations
+
+import json
+
+from bottle.backend.docker.watch import GONE, Component, Observation, StopBottle, Watcher, parse_inspect
+
+UP = Observation(status="running", started_at="t0", health="healthy")
+
+
+def obs(status="running", started="t0", restarts=0, exit_code=0, health="healthy"):
+    return Observation(status=status, exit_code=exit_code, started_at=started, restart_count=restarts, health=health)
+
+
+def kinds(events):
+    return [(e.kind, e.exit_code) if e.kind == "died" else e.kind for e in events]
+
+
+def test_a_crash_then_a_healthy_restart():
+    c = Component("scanner", UP, needs_health=True)
+    assert kinds(c.observe(UP)) == []
+    assert kinds(c.observe(obs("restarting", exit_code=137, restarts=1))) == [("died", 137)]
+    assert kinds(c.observe(obs("restarting", exit_code=137, restarts=1))) == []
+    # Running again but not healthy yet: still down.
+    assert kinds(c.observe(obs(started="t1", restarts=1, health="starting"))) == []
+    assert kinds(c.observe(obs(started="t1", restarts=1))) == ["ready"]
+    assert kinds(c.observe(obs(started="t1", restarts=1))) == []  # ready is said once
+    c.back()
+    assert c.up and kinds(c.observe(obs(started="t1", restarts=1))) == []
+
+
+def test_a_restart_between_two_looks_is_still_a_death():
+    c = Component("proxy", UP, needs_health=False)
+    assert kinds(c.observe(obs(started="t1", restarts=1, exit_code=0))) == [("died", None), "ready"]
+
+
+def test_podman_shows_exited_until_its_cleanup_restarts_it():
+    c = Component("scanner", UP, needs_health=True)
+    assert kinds(c.observe(obs("exited", exit_code=137))) == [("died", 137)]
+    assert kinds(c.observe(obs(started="t1", restarts=1, health=None))) == ["ready"]
+
+
+def test_a_failed_restore_is_retried_on_the_next_look():
+    c = Component("proxy", UP, needs_health=False)
+    c.observe(obs("exited", exit_code=137))
+    assert kinds(c.observe(obs(started="t1", restarts=1))) == ["ready"]
+    c.retry()
+    assert kinds(c.observe(obs(started="t1", restarts=1))) == ["ready"]
+
+
+def test_a_removed_container_is_said_once():
+    c = Component("scanner", UP, needs_health=True)
+    assert kinds(c.observe(GONE)) == [("died", None), "gone"]
+    assert kinds(c.observe(GONE)) == []
+
+
+def test_parse_inspect_reads_both_engines_names_and_health():
+    docker = "/b-pipelock\t" + json.dumps({"Status": "running", "ExitCode": 0, "StartedAt": "t",
+                                           "Health": {"Status": "healthy"}}) + "\t2"
+    podman = "b-proxy\t" + json.dumps({"Status": "exited", "ExitCode": 137, "StartedAt": "u"}) + "\t0"
+    found = parse_inspect(docker + "\n" + podman + "\nError: no such container\n")
+    assert found == {
+        "b-pipelock": Observation(status="running", exit_code=0, started_at="t", restart_count=2, health="healthy"),
+        "b-proxy": Observation(status="exited", exit_code=137, started_at="u", restart_count=0, health=None),
+    }
+
+
+class FakeEngine:
+    def __init__(self):
+        self.state = {"s": UP, "p": UP}
+
+    def inspect(self, names):
+        return {n: self.state[n] for n in names if self.state.get(n) is not None}
+
+
+def make_watcher(engine, restore=lambda: None):
+    said: list[str] = []
+    w = Watcher(bottle_id="bottle-x-1", scanner="s", proxy="p", inspect=engine.inspect, restore_proxy=restore,
+                say=said.append)
+    first = engine.inspect(["s", "p"])
+    w.components = {"scanner": Component("scanner", first["s"], needs_health=True),
+                    "proxy": Component("proxy", first["p"], needs_health=False)}
+    return w, said
+
+
+def test_the_user_hears_that_the_scanner_died_and_that_it_is_back():
+    engine = FakeEngine()
+    w, said = make_watcher(engine)
+    engine.state["s"] = obs("restarting", exit_code=137, restarts=1)
+    w.poll()
+    assert said == ["the scanner (pipelock) of bottle-x-1 died (exit code 137); egress is blocked until it is back"]
+    engine.state["s"] = obs(started="t1", restarts=1)
+    w.poll()
+    assert said[1:] == ["the scanner (pipelock) of bottle-x-1 is back; egress resumes"]
+
+
+def test_a_restarted_proxy_gets_its_files_before_it_is_said_to_be_back():
+    engine = FakeEngine()
+    restored = []
+    attempts = iter([RuntimeError("the proxy did not start serving"), None])
+
+    def restore():
+        failure = next(attempts)
+        if failure:
+            raise failure
+        restored.append(True)
+
+    w, said = make_watcher(engine, restore)
+    w.stopping.wait = lambda *_: False  # no pause between retries in the test
+    engine.state["p"] = obs("exited", exit_code=137)
+    w.poll()
+    engine.state["p"] = obs(started="t1", restarts=1)
+    w.poll()
+    w.poll()
+    assert said == [
+        "the egress proxy of bottle-x-1 died (exit code 137); the agent has no way out until it is back",
+        "the egress proxy of bottle-x-1 runs again but could not be given back its policy: "
+        "the proxy did not start serving; egress stays blocked, retrying",
+        "the egress proxy of bottle-x-1 is back; egress resumes",
+    ]
+    assert restored == [True]
+
+
+def test_a_restore_that_stops_the_bottle_ends_the_watch():
+    engine = FakeEngine()
+
+    def restore():
+        raise StopBottle()
+
+    w, said = make_watcher(engine, restore)
+    engine.state["p"] = obs(started="t1", restarts=1)
+    w.poll()
+    assert w.stopping.is_set()
+    assert said == ["the egress proxy of bottle-x-1 died (unknown exit code); the agent has no way out until it is back"]
+
+
+def test_nothing_is_said_while_everything_runs():
+    engine = FakeEngine()
+    w, said = make_watcher(engine)
+    for _ in range(3):
+        w.poll()
+    assert said == []
