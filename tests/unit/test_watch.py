@@ -141,3 +141,29 @@ def test_nothing_is_said_while_everything_runs():
     for _ in range(3):
         w.poll()
     assert said == []
+
+
+def test_death_events_of_both_engines_give_the_exit_code():
+    from bottle.backend.docker.watch import ExitCodes, parse_die_event
+
+    docker = json.dumps({"status": "die", "id": "abc", "Actor": {"Attributes": {"name": "b-pipelock", "exitCode": "137"}}})
+    podman = json.dumps({"Name": "b-proxy", "Status": "died", "ContainerExitCode": 137, "Type": "container"})
+    assert parse_die_event(docker) == ("b-pipelock", 137)
+    assert parse_die_event(podman) == ("b-proxy", 137)
+    assert parse_die_event(json.dumps({"status": "start", "Actor": {"Attributes": {"name": "x"}}})) is None
+    codes = ExitCodes()
+    codes.feed([docker, "not json"])
+    assert codes.get("b-pipelock", wait=0) == 137
+    assert codes.get("b-pipelock", wait=0) is None
+
+
+def test_an_exit_code_only_the_events_know_is_said():
+    engine = FakeEngine()
+    said: list[str] = []
+    w = Watcher(bottle_id="bottle-x-1", scanner="s", proxy="p", inspect=engine.inspect, restore_proxy=lambda: None,
+                say=said.append, exit_code=lambda name: 137 if name == "s" else None)
+    w.components = {"scanner": Component("scanner", UP, needs_health=True),
+                    "proxy": Component("proxy", UP, needs_health=False)}
+    engine.state["s"] = obs(started="t1", restarts=1, exit_code=0)
+    w.poll()
+    assert said[0] == "the scanner (pipelock) of bottle-x-1 died (exit code 137); egress is blocked until it is back"

@@ -32,7 +32,7 @@ from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
 from bottle.launch.tarball import tar_of as _tar
 from bottle.mitm.receive import EXIT_UNREACHABLE
 from bottle.mitm.reload import merge_update
-from bottle.reload import LiveBottle, saved_update
+from bottle.reload import LiveBottle, forget_update, saved_update
 from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
@@ -518,7 +518,10 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         if live is None:
             yield
             return
+        exit_codes = watching.ExitCodes()
+        events = self._follow_deaths([running.scanner, running.proxy], exit_codes)
         watcher = watching.Watcher(
+            exit_code=exit_codes.get,
             bottle_id=running.bottle_id,
             scanner=running.scanner,
             proxy=running.proxy,
@@ -533,6 +536,25 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             yield
         finally:
             watcher.stop()
+            events.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                events.wait(timeout=5)
+            forget_update(running.bottle_id, self.env)  # the last reload's update, kept for a restarted proxy
+
+    def _follow_deaths(self, names: list[str], exit_codes: watching.ExitCodes) -> subprocess.Popen:
+        """`events` for these containers' deaths: a container the engine restarts between two
+        polls reports exit code 0 to `inspect`, its death event has the real one."""
+        if self.podman:
+            argv = ["events", "--filter", "event=died", "--format", "json"]
+        else:
+            argv = ["events", "--filter", "event=die", "--format", "{{json .}}"]
+        for name in names:
+            argv += ["--filter", f"container={name}"]
+        process = subprocess.Popen(self.docker.argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        threading.Thread(target=exit_codes.feed, args=((line.decode(errors="replace") for line in process.stdout),),
+                         name="bottle-events", daemon=True).start()
+        return process
 
     def _observe(self, names: list[str]) -> dict[str, watching.Observation]:
         result = self.docker.run(["inspect", "--type", "container", "--format", watching.TEMPLATE, *names],

@@ -64,6 +64,49 @@ def parse_inspect(output: str) -> dict[str, Observation]:
 TEMPLATE = "{{.Name}}\t{{json .State}}\t{{.RestartCount}}"
 
 
+def parse_die_event(line: str) -> tuple[str, int] | None:
+    """(container, exit code) from one line of `events` about a container that died:
+    Docker's `{{json .}}` (status die, Actor.Attributes) or Podman's `--format json`."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+    if event.get("status") == "die" and "exitCode" in attributes:  # Docker
+        name, code = attributes.get("name"), attributes.get("exitCode")
+    elif event.get("Status") == "died":  # Podman
+        name, code = event.get("Name"), event.get("ContainerExitCode")
+    else:
+        return None
+    try:
+        return str(name), int(code)
+    except (TypeError, ValueError):
+        return None
+
+
+class ExitCodes:
+    """The exit codes the engine's event stream reports, by container name."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.changed = threading.Condition()
+
+    def feed(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            found = parse_die_event(line)
+            if found:
+                with self.changed:
+                    self.codes[found[0]] = found[1]
+                    self.changed.notify_all()
+
+    def get(self, name: str, wait: float = 1.0) -> int | None:
+        with self.changed:
+            self.changed.wait_for(lambda: name in self.codes, timeout=wait)
+            return self.codes.pop(name, None)
+
+
 class StopBottle(Exception):
     """Raised by a restore that found the bottle cannot go on (it has said why and asked
     for the teardown): the watcher stops."""
@@ -144,6 +187,7 @@ class Watcher:
         scanner_back: Callable[[], None] = lambda: None,
         say: Callable[[str], None],
         before_poll: Callable[[Iterable[tuple[str, Observation]]], None] = lambda _: None,
+        exit_code: Callable[[str], int | None] = lambda _: None,
         interval: float = POLL_SECONDS,
     ) -> None:
         self.bottle_id = bottle_id
@@ -153,6 +197,7 @@ class Watcher:
         self.scanner_back = scanner_back
         self.say = say
         self.before_poll = before_poll
+        self.exit_code = exit_code
         self.interval = interval
         self.components: dict[str, Component] = {}
         self.last: dict[str, Observation] = {}
@@ -195,7 +240,9 @@ class Watcher:
     def _on(self, role: str, component: Component, event: Event) -> None:
         title = self.TITLES[role]
         if event.kind == "died":
-            code = "unknown exit code" if event.exit_code is None else f"exit code {event.exit_code}"
+            # A container the engine already restarted reports exit code 0: ask its events.
+            exit_code = event.exit_code if event.exit_code is not None else self.exit_code(self.names[role])
+            code = "unknown exit code" if exit_code is None else f"exit code {exit_code}"
             blocked = ("egress is blocked until it is back" if role == "scanner"
                        else "the agent has no way out until it is back")
             self.say(f"{title} of {self.bottle_id} died ({code}); {blocked}")
