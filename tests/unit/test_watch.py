@@ -167,3 +167,12 @@ def test_an_exit_code_only_the_events_know_is_said():
     engine.state["s"] = obs(started="t1", restarts=1, exit_code=0)
     w.poll()
     assert said[0] == "the scanner (pipelock) of bottle-x-1 died (exit code 137); egress is blocked until it is back"
+
+
+def test_a_restarted_proxy_is_followed_from_its_start_on_either_engine():
+    from bottle.backend.docker.backend import _unix_time
+
+    # Docker reports RFC 3339, Podman Go's default format; `logs --since` takes seconds either way.
+    assert _unix_time("2026-12-02T10:59:44.808936814Z") == "1796209184.808936814"
+    assert _unix_time("2026-12-02 10:59:44.808936814 +0000 UTC") == "1796209184.808936814"
+    assert _unix_time("2026-12-02 11:59:44.5 +0100 CET") == "1796209184.500000000"

@@ -708,6 +708,23 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         return found
 
 
+def _unix_time(started_at: str) -> str:
+    """`logs --since` as both engines take it (seconds.nanoseconds), from `.State.StartedAt`:
+    RFC 3339 on Docker, Go's default time format on Podman (`2006-01-02 15:04:05.999 +0000 UTC`)."""
+    import datetime
+    import re
+
+    match = re.match(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*(Z|[+-]\d\d:?\d\d)?", started_at.strip())
+    if not match:
+        raise BackendError(f"cannot read the start time {started_at!r}")
+    day, clock, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    if ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    seconds = datetime.datetime.fromisoformat(f"{day}T{clock}{zone}").timestamp()
+    return f"{int(seconds)}.{(fraction or '0')[:9].ljust(9, '0')}"
+
+
 def _scanner_url(host: str) -> str:
     return f"http://{host}:{SCANNER_PORT}/api/v1/scan"
 
@@ -803,7 +820,7 @@ class _LogFollower:
             self._end()
             started = self.docker.output(["inspect", "--type", "container", "--format", "{{.State.StartedAt}}",
                                           self.container])
-            self.start(since=started)
+            self.start(since=_unix_time(started))
 
     def stop(self) -> None:
         with self.lock:
