@@ -195,7 +195,7 @@ class Watcher:
         self.inspect = inspect
         self.restore_proxy = restore_proxy
         self.scanner_back = scanner_back
-        self.say = say
+        self._say = say
         self.before_poll = before_poll
         self.exit_code = exit_code
         self.interval = interval
@@ -206,6 +206,11 @@ class Watcher:
 
     TITLES = {"scanner": "the scanner (pipelock)", "proxy": "the egress proxy"}
 
+    def say(self, message: str) -> None:
+        # Once teardown has begun, a restore cut short by it is not news.
+        if not self.stopping.is_set():
+            self._say(message)
+
     def start(self) -> None:
         first = self.inspect(list(self.names.values()))
         for role, name in self.names.items():
@@ -213,7 +218,7 @@ class Watcher:
         self._thread = threading.Thread(target=self._loop, name="bottle-watch", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout)
