@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bottle.backend.docker.watch import GONE, Component, Observation, StopBottle, Watcher, parse_inspect
 
 UP = Observation(status="running", started_at="t0", health="healthy")
@@ -176,3 +178,57 @@ def test_a_restarted_proxy_is_followed_from_its_start_on_either_engine():
     assert _unix_time("2026-12-02T10:59:44.808936814Z") == "1796209184.808936814"
     assert _unix_time("2026-12-02 10:59:44.808936814 +0000 UTC") == "1796209184.808936814"
     assert _unix_time("2026-12-02 11:59:44.5 +0100 CET") == "1796209184.500000000"
+
+
+def _live_backend(tmp_path):
+    from pathlib import Path
+
+    from bottle.backend.docker.backend import DockerBackend, _Live
+    from bottle.backend.docker.engine import Engine
+    from bottle.launch.secrets import make_secrets
+    from bottle.manifest import load_manifest
+    from bottle.plan import build_plan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "claude.yaml"
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    backend = DockerBackend(env=env, engine=Engine(name="docker"))
+    plan = backend.plan(build_plan(load_manifest(example), env={}, run_id="abc123"))
+    secrets = make_secrets(plan.bottle.bottle_id, plan.bottle.egress.token_refs)
+    live = _Live(plan=plan, secrets=secrets, agent_ip="10.0.0.3", proxy_ip="10.0.0.2", scanner="s",
+                 scanner_host="pipelock")
+    return backend, live, env
+
+
+def test_a_restarted_proxy_gets_the_policy_of_the_last_reload_with_its_own_secrets(tmp_path):
+    from bottle.mitm.policy import parse_policy
+    from bottle.reload import save_update, update_for
+
+    backend, live, env = _live_backend(tmp_path)
+    update = update_for(live.plan.bottle)
+    update["allow"].append({**update["allow"][0], "id": "egress.allow[9]", "host": "added.example.org"})
+    save_update(live.plan.bottle.bottle_id, update, env)
+    files = backend._proxy_files(live)
+    policy = parse_policy(files["policy.json"].decode())
+    assert [r.host for r in policy.allow][-1] == "added.example.org"
+    assert dict(policy.placeholders) == live.secrets.placeholders
+    assert policy.scanner.token == live.secrets.scanner_token
+    assert (policy.listen.host, policy.clients) == ("10.0.0.2", ("10.0.0.3",))
+    assert files["mitmproxy-ca.pem"] == live.secrets.ca.mitmproxy_pem
+
+
+def test_a_proxy_back_on_another_address_stops_the_bottle(tmp_path, monkeypatch):
+    import signal as signals
+
+    from bottle.backend.base import RunningBottle
+
+    backend, live, _ = _live_backend(tmp_path)
+    monkeypatch.setattr(backend, "_address", lambda container, network: "10.0.0.9")
+    delivered, killed, said = [], [], []
+    monkeypatch.setattr(backend, "_deliver_to_proxy", lambda *a, **k: delivered.append(a))
+    monkeypatch.setattr("os.kill", lambda pid, sig: killed.append(sig))
+    running = RunningBottle(bottle_id="bottle-claude-abc123", agent="a", proxy="p", scanner="s", addresses={})
+    with pytest.raises(StopBottle):
+        backend._restore_proxy(running, live, said.append)
+    assert killed == [signals.SIGTERM] and delivered == []
+    assert said == ["the egress proxy of bottle-claude-abc123 came back with another address on the agent network "
+                    "(10.0.0.2 → 10.0.0.9), which the agent's proxy settings do not name; stopping the bottle"]
