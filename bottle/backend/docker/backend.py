@@ -619,8 +619,8 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         matches = sorted(i for i in ids if i.startswith(ref) or i.startswith(f"bottle-{ref}"))
         if not matches:
             raise LiveError(f"no bottle {ref!r} runs on this {self.engine.title} engine",
-                            tip="`bottle logs` names past bottles; `docker ps --filter label=dev.bottle.role=proxy` "
-                            "lists running ones")
+                            tip=f"`bottle logs` names past bottles; `{self.engine.name} ps --filter "
+                            "label=dev.bottle.role=proxy` lists running ones")
         if len(matches) > 1:
             raise LiveError(f"{ref!r} names {len(matches)} bottles: {', '.join(matches)}; give more of the id")
         return matches[0], ids[matches[0]]
