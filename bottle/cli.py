@@ -213,12 +213,13 @@ def reload_(bottle_ref: str, manifest: Path | None, mode: str | None, dry_run: b
     """
     from bottle.manifest import load_manifest
     from bottle.reload import reload_bottle
+    from bottle.workspace import owner_of
 
     loaded = load_manifest(manifest) if manifest is not None else None
     chosen = _backend(backend, loaded.data.get("backend") if loaded else None, namespace=namespace,
                       context=kube_context, engine=engine)
     reload_bottle(chosen, bottle_ref, manifest, env=os.environ, mode=mode, dry_run=dry_run, echo=click.echo,
-                  loaded=loaded)
+                  loaded=loaded, stat_workspace=owner_of)
 
 
 @cli.group()

@@ -242,7 +242,8 @@ def manifest_of(bottle_id: str, env: Mapping[str, str]) -> Path:
 
 
 def reload_bottle(backend: Any, ref: str, manifest: Path | None, *, env: Mapping[str, str], mode: str | None,
-                  dry_run: bool, echo: Callable[[str], None], loaded: Any = None) -> None:
+                  dry_run: bool, echo: Callable[[str], None], loaded: Any = None,
+                  stat_workspace: Callable[[str], Any] | None = None) -> None:
     """Validate `manifest` against the running bottle `ref`, print what changes, apply it."""
     from bottle.launch.policy_file import read_upstream_ca
     from bottle.manifest import load_manifest
@@ -251,7 +252,9 @@ def reload_bottle(backend: Any, ref: str, manifest: Path | None, *, env: Mapping
     live: LiveBottle = backend.live_bottle(ref)
     if loaded is None:
         loaded = load_manifest(manifest or manifest_of(live.bottle_id, env))
-    plan = build_plan(loaded, env=env, run_id=run_id_of(live.bottle_id), proxy_image=proxy_image(env), mode=mode)
+    # Planned as `start` plans it, the workspace owner included (agent.user follows it).
+    plan = build_plan(loaded, env=env, run_id=run_id_of(live.bottle_id), proxy_image=proxy_image(env), mode=mode,
+                      stat_workspace=stat_workspace)
     ca = plan.egress.upstream_ca
     ca_sha = hashlib.sha256(read_upstream_ca(ca)).hexdigest() if ca else None
     refused = fixed_refusals(live, backend.planned_fixed(backend.plan(plan)), plan, ca_sha)

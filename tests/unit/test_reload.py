@@ -154,6 +154,17 @@ def test_what_is_fixed_at_create_is_refused_by_name_and_nothing_is_sent(manifest
     assert backend.sent == []
 
 
+def test_the_agent_user_is_planned_from_the_workspace_owner_as_at_start(manifests, tmp_path):
+    from bottle.plan import WorkspaceOwner
+
+    backend = FakeBackend(manifests("started.yaml"))  # started as 1000:1000
+    lines: list[str] = []
+    with pytest.raises(LiveError, match="agent.user: 1000:1000 → 1001:1001"):
+        reload_bottle(backend, "bottle-claude", manifests("new.yaml", ALLOW), env={}, mode=None, dry_run=False,
+                      echo=lines.append, stat_workspace=lambda path: WorkspaceOwner(uid=1001, gid=1001, mode=0o755))
+    assert backend.sent == []
+
+
 def test_a_broken_manifest_is_refused_before_the_bottle_is_touched(manifests, tmp_path):
     backend = FakeBackend(manifests("started.yaml"))
     with pytest.raises(ManifestError, match="egress.allow"):
