@@ -172,10 +172,14 @@ def test_reload_adds_a_rule_live_and_refuses_what_cannot_change(running, manifes
 def test_a_crashed_scanner_is_said_blocks_egress_and_comes_back(running):
     run = running()
     assert run.get("https://api.anthropic.com/")[0] == "200"
-    # The agent's request waits for a signal, so it goes out the moment the scanner dies.
+    # The agent's request is in the proxy before the scanner dies, its body held back until
+    # just after: the proxy scans it while the engine is still restarting the scanner.
     run.engine("exec", "-d", run.container("agent"), "sh", "-c",
-               "while [ ! -e /workspace/go ]; do sleep 0.01; done; "
-               "(" + curl("https://api.anthropic.com/") + ") > /workspace/out 2>&1; mv /workspace/out /workspace/done")
+               "mkfifo /tmp/body-in; "
+               "(while [ ! -e /workspace/go ]; do sleep 0.01; done; echo hello) > /tmp/body-in & "
+               "(curl -sS --max-time 20 -o /tmp/body -w '%{http_code}' -X POST -T - https://api.anthropic.com/ "
+               "< /tmp/body-in; echo; cat /tmp/body; echo) > /workspace/out 2>&1; mv /workspace/out /workspace/done")
+    time.sleep(1.5)
     killed = time.monotonic()
     run.crash("pipelock")
     (run.workspace / "go").touch()
