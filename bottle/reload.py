@@ -27,11 +27,9 @@ from bottle.errors import LiveError
 from bottle.mitm.policy import to_document
 from bottle.plan import BottlePlan
 
-# What a reload sends: the reloadable keys of the policy document (bottle.mitm.reload).
-
-
 def update_for(plan: BottlePlan) -> dict[str, Any]:
-    """The reloadable parts of `plan`'s policy, as the policy document writes them."""
+    """What a reload sends: the reloadable parts of `plan`'s policy (bottle.mitm.reload.RELOADABLE
+    and the scanner's mode and responses), as the policy document writes them."""
     return {
         "mode": plan.egress.mode,
         "allow": to_document(plan.egress.allow),
