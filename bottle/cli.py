@@ -336,6 +336,31 @@ def _agent_logs(ident: str, follow: bool) -> None:
     operations.follow_file(path, write, active=active)
 
 
+@cli.command("reload")
+@click.argument("bottle_ref", metavar="ID")
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["discover", "enforce"]), help="Override egress.mode, as for start.")
+@click.option("--dry-run", is_flag=True, help="Check the manifest and show what would change; change nothing.")
+@_backend_options
+def reload_(bottle_ref: str, manifest: Path | None, mode: str | None, dry_run: bool, backend: str | None,
+            engine: str | None, namespace: str | None, kube_context: str | None) -> None:
+    """Apply MANIFEST's egress, git, GitHub and scanner policy to the running bottle ID, live.
+
+    ID is a bottle id or a unique start of one. The manifest is checked first; a change
+    that cannot apply while the bottle runs (images, networks, credentials, capture,
+    workspace, resources) is refused, naming it, and the running policy stays.
+    """
+    from bottle.manifest import load_manifest
+    from bottle.reload import reload_bottle
+    from bottle.workspace import owner_of
+
+    loaded = load_manifest(manifest) if manifest is not None else None
+    chosen = _backend(backend, loaded.data.get("backend") if loaded else None, namespace=namespace,
+                      context=kube_context, engine=engine)
+    reload_bottle(chosen, bottle_ref, manifest, env=os.environ, mode=mode, dry_run=dry_run, echo=click.echo,
+                  loaded=loaded, stat_workspace=owner_of)
+
+
 @cli.group()
 def policy() -> None:
     """Turn egress logs into policy, and check a policy against logged traffic.

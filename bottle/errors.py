@@ -58,3 +58,9 @@ class LogError(BottleError):
     """An egress log cannot be found or read (a corrupt or truncated line, a newer format)."""
 
     exit_code = 8
+
+
+class LiveError(BottleError):
+    """A running bottle cannot be found, or cannot take a change while it runs (`bottle reload`)."""
+
+    exit_code = 9

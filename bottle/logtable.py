@@ -45,6 +45,10 @@ def cells(entry: Entry) -> tuple[list[str], str]:
         where = str(d.get("address")) + (f":{d['port']}" if d.get("port") is not None else "")
         return [clock, d.get("decision", ""), "-", str(d.get("protocol", "")).upper(), where,
                 f"({d.get('packets')} packets, rejected by the capture)", "-"], d.get("reason", "")
+    if entry.kind == "event" and d.get("event") == "policy_reload":
+        sha = str(d.get("policy_sha256") or "")
+        return [clock, d.get("decision", ""), "-", "RELOAD", "(policy)", f"sha256 {sha[:12]}" if sha else "", "-"], \
+            d.get("reason", "")
     if entry.kind == "event":
         return [clock, d.get("decision", ""), "-", "EVENT", str(d.get("event")), "", "-"], d.get("reason", "")
     default_port = {"https": 443, "http": 80}.get(str(d.get("scheme")), 443)

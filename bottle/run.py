@@ -55,6 +55,7 @@ def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path |
             print(f"bottle: mitm ca fingerprint: {launch_secrets.ca.short_fingerprint}…", file=sys.stderr)
             print(f"bottle: egress log: {log_path}", file=sys.stderr)
             stack.enter_context(backend.follow_egress_log(running, log_path))
+            stack.enter_context(backend.watch(running, _say))
             record.save(state=state.RUNNING)
             if on_running is not None:
                 on_running()
@@ -72,6 +73,10 @@ def run_bottle(backend_plan: P, backend: BottleBackend[P], *, egress_log: Path |
             stack.close()
             _print_summary(log_path)
             record.finish(code, error)
+
+
+def _say(message: str) -> None:
+    print(f"bottle: {message}", file=sys.stderr, flush=True)
 
 
 def _print_summary(log_path: Path) -> None:

@@ -178,7 +178,8 @@ def load_all(directory: Path) -> list[dict[str, Any]]:
     """Every record in `directory`, oldest first."""
     if not directory.is_dir():
         return []
-    records = [r for p in directory.glob("*.json") if (r := read(p)) is not None]
+    # Only `<id>.json` is a record: `<id>.reload.json` and the like live beside it.
+    records = [r for p in directory.glob("*.json") if (r := read(p)) is not None and r["id"] == p.stem]
     return sorted(records, key=lambda r: (r.get("created") or "", r["id"]))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from bottle import __version__
+from bottle.errors import NotSupportedError
 from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import PROXY_PORT, BottlePlan
 
@@ -131,6 +132,28 @@ class BottleBackend(abc.ABC, Generic[P]):
     @abc.abstractmethod
     def run_agent(self, running: RunningBottle, command: Sequence[str], *, interactive: bool) -> int:
         """Run the agent command in the bottle and return its exit code."""
+
+    def watch(self, running: RunningBottle, say: Callable[[str], None]) -> contextlib.AbstractContextManager[None]:
+        """While the block runs, notice a scanner or proxy that dies and comes back, saying
+        each on `say` (docs/prds/0013-live-policy-and-component-health.md). The default
+        watches nothing (Kubernetes: the kubelet restarts containers of the pods)."""
+        return contextlib.nullcontext()
+
+    def live_bottle(self, ref: str) -> Any:
+        """The running bottle `ref` names, as `bottle reload` compares it (bottle.reload.LiveBottle)."""
+        raise NotSupportedError(f"`bottle reload` is not supported by the {self.name} backend yet; "
+                                "stop the bottle and start it with the new manifest")
+
+    def planned_fixed(self, plan: P) -> Mapping[str, Any]:
+        """What `plan` fixes at create, in the terms `live_bottle` reads back."""
+        raise NotSupportedError(f"`bottle reload` is not supported by the {self.name} backend yet")
+
+    def apply_update(self, live: Any, update: dict) -> dict:
+        """Send the reloadable policy `update` into the running proxy; its answer."""
+        raise NotSupportedError(f"`bottle reload` is not supported by the {self.name} backend yet")
+
+    def policy_reload_logged(self, live: Any, sha256: str, timeout: float = 10.0) -> dict | None:
+        return None
 
     @abc.abstractmethod
     def cleanup(self, *, remove_running: bool, dry_run: bool, echo: Callable[[str], None]) -> int:

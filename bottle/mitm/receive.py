@@ -12,12 +12,22 @@ connection to a port nothing listens on must be refused (or accepted), not time 
 a timeout means something on the host drops them. It exits 3 then, so the host can say
 what to fix. Doing it here saves the host a second exec and Python start; --reach-only
 does just the check (for a start that must run something between it and the delivery).
+
+--show prints the policy being served without its secrets (bottle.mitm.reload.public_view),
+its sha256 and the upstream CA's sha256, as JSON on stdout.
+
+--reload reads a JSON update of the reloadable parts (bottle.mitm.reload) on stdin, merges
+it into the current policy.json, validates the result with the proxy's own parse_policy,
+writes it atomically, SIGHUPs the launcher and waits until it serves the new sha256. If the
+launcher refuses it, the previous file is put back, so a restarted proxy never reads a
+policy that failed. It prints {"changed", "policy_sha256", "previous_sha256"} as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -90,6 +100,80 @@ def write_files(root: Path, files: dict[str, bytes]) -> None:
         os.replace(tmp, path)
 
 
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` by `data` in one rename: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def show(root: Path) -> dict:
+    """The served policy as the host may see it: no placeholder value, no scanner token."""
+    from bottle.mitm.reload import public_view
+
+    raw = destinations(root)["policy.json"].read_bytes()
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ReceiveError(f"the proxy's policy.json is not JSON: {e}") from None
+    upstream_ca = destinations(root)["upstream-ca.pem"]
+    return {
+        "policy": public_view(document),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "upstream_ca_sha256": hashlib.sha256(upstream_ca.read_bytes()).hexdigest() if upstream_ca.exists() else None,
+    }
+
+
+def merged_policy(current: bytes, update_text: bytes) -> bytes:
+    """The current policy with the update merged in, validated as the proxy will read it."""
+    from bottle.mitm.policy import PolicyError, parse_policy
+    from bottle.mitm.reload import UpdateError, merge_update
+
+    try:
+        update = json.loads(update_text)
+        merged = merge_update(json.loads(current), update)
+    except json.JSONDecodeError as e:
+        raise ReceiveError(f"the update is not JSON: {e}") from None
+    except UpdateError as e:
+        raise ReceiveError(str(e)) from None
+    text = json.dumps(merged, indent=2) + "\n"
+    try:
+        parse_policy(text)
+    except PolicyError as e:
+        raise ReceiveError(f"the new policy is not valid: {e}") from None
+    return text.encode()
+
+
+def reload(root: Path, update_text: bytes, timeout: float, waiting: Path) -> dict:
+    """Merge, write, signal, wait; on any failure the previous policy.json is back on disk."""
+    path = destinations(root)["policy.json"]
+    with open(root / ".reload.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one reload at a time
+        current = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+        new = merged_policy(current, update_text)
+        previous_sha, sha = hashlib.sha256(current).hexdigest(), hashlib.sha256(new).hexdigest()
+        if sha == previous_sha:
+            return {"changed": False, "policy_sha256": sha, "previous_sha256": previous_sha}
+        since = time.time() - 0.05
+        waiting.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        waiting.touch()
+        write_atomic(path, new, mode)
+        try:
+            if not signal_launcher(root):
+                raise ReceiveError("no launcher runs in this proxy (launcher.pid)")
+            wait_for_status(root, sha, timeout, since)
+        except BaseException:
+            write_atomic(path, current, mode)
+            raise
+    return {"changed": True, "policy_sha256": sha, "previous_sha256": previous_sha}
+
+
 def signal_launcher(root: Path) -> bool:
     try:
         pid = int((root / "launcher.pid").read_text().strip())
@@ -151,7 +235,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reach", metavar="ADDRESS")
     parser.add_argument("--reach-timeout", type=float, default=3.0, metavar="SECONDS")
     parser.add_argument("--reach-only", action="store_true", help="check --reach and receive nothing")
+    parser.add_argument("--show", action="store_true", help="print the served policy without its secrets")
+    parser.add_argument("--reload", action="store_true", help="merge a JSON update from stdin into the policy")
     args = parser.parse_args(argv)
+    if args.show:
+        try:
+            print(json.dumps(show(args.dir)), flush=True)
+        except (ReceiveError, OSError) as e:
+            print(f"bottle: reading the proxy's policy failed: {e}", file=sys.stderr, flush=True)
+            return 1
+        return 0
+    if args.reload:
+        waiting = args.dir / WAITING_DIR / str(os.getpid())
+        with woken_by(signal.SIGUSR1):
+            try:
+                result = reload(args.dir, sys.stdin.buffer.read(MAX_FILE_BYTES + 1), args.timeout, waiting)
+            except (ReceiveError, OSError) as e:
+                print(f"bottle: reload refused, the previous policy stays: {e}", file=sys.stderr, flush=True)
+                return 1
+            finally:
+                waiting.unlink(missing_ok=True)
+        print(json.dumps(result), flush=True)
+        return 0
     if args.reach:
         try:
             check_reach(args.reach, args.reach_timeout)

@@ -464,6 +464,7 @@ def test_dry_run_json_matches_what_was_launched(manifest, tmp_path, engine):
             assert host["ReadonlyRootfs"] == container["read_only"]
             assert running_sysctls(engine, name, list(container["sysctls"])) == container["sysctls"]
             assert host["PidsLimit"] == container["resources"]["pids"]
+            assert ((host.get("RestartPolicy") or {}).get("Name") or "no") == container["restart"]
             assert sorted(info["NetworkSettings"]["Networks"]) == sorted(normalise(n) for n in container["networks"])
             labels = {k: v for k, v in config["Labels"].items() if k.startswith("dev.bottle.")}
             expected = {k: normalise(v) for k, v in container["labels"].items()}

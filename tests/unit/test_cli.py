@@ -26,7 +26,8 @@ def test_version():
 
 
 def test_every_command_has_help():
-    for command in ("validate", "schema", "start", "build", "cleanup", "completion", "logs", "policy", "doctor",
+    for command in ("validate", "schema", "start", "build", "cleanup", "completion", "logs", "reload", "policy",
+                    "doctor",
                     "policy suggest", "policy replay"):
         result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage: " in result.output, command

@@ -7,8 +7,10 @@ difference is handled here next to a comment saying why.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,15 +21,18 @@ from pathlib import Path
 
 from bottle.backend.base import KEEP_ENV, BottleBackend, RunningBottle, owner_alive, owner_label
 from bottle.backend.docker import plan as dp
+from bottle.backend.docker import watch as watching
 from bottle.backend.docker.cli import DockerCLI
 from bottle.backend.docker import engine as engines
 from bottle.backend.docker.engine import DOCKER, Engine
-from bottle.errors import BackendError, StartError
+from bottle.errors import BackendError, LiveError, StartError
 from bottle.launch import capture
 from bottle.launch.pipelock_config import render_pipelock_config
 from bottle.launch.policy_file import SCANNER_MAX_BODY_BYTES, proxy_files
 from bottle.launch.tarball import tar_of as _tar
 from bottle.mitm.receive import EXIT_UNREACHABLE
+from bottle.mitm.reload import merge_update
+from bottle.reload import LiveBottle, forget_update, saved_update
 from bottle.launch.secrets import LaunchSecrets
 from bottle.plan import SCANNER_PORT, BottlePlan
 from bottle.signals import signals_ignored
@@ -87,6 +92,8 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         self.env = os.environ if env is None else env
         self.engine = engine
         self.engine_note = engine_note
+        self._live: dict[str, _Live] = {}  # by proxy container name
+        self._followers: dict[str, _LogFollower] = {}
 
     @classmethod
     def from_environment(
@@ -192,6 +199,9 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         report = None
         if plan.capture is not None:
             report = tuple(_substitute(a, substitutions) for a in dp.run_argv(plan.capture.report))
+        # What the watcher needs to hand a restarted proxy its files again (bottle/backend/docker/watch.py).
+        self._live[proxy.name] = _Live(plan=plan, secrets=secrets, agent_ip=agent_ip, proxy_ip=proxy_ip,
+                                       scanner=pipelock.name, scanner_host=scanner)
         return RunningBottle(
             bottle_id=plan.bottle.bottle_id,
             agent=agent.name,
@@ -452,21 +462,14 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
     @contextlib.contextmanager
     def follow_egress_log(self, running: RunningBottle, path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as sink:
-            follower = subprocess.Popen(
-                self.docker.argv(["logs", "--follow", running.proxy]),
-                stdin=subprocess.DEVNULL,
-                stdout=sink,
-                stderr=subprocess.DEVNULL,
-            )
+        follower = _LogFollower(self.docker, running.proxy, path)
+        self._followers[running.proxy] = follower
+        follower.start()
         try:
             yield
         finally:
-            follower.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                follower.wait(timeout=5)
-            if follower.poll() is None:
-                follower.kill()
+            self._followers.pop(running.proxy, None)
+            follower.stop()
             # Write the complete log once more so nothing logged at the very end is lost.
             result = self.docker.run(["logs", running.proxy], check=False)
             if result.returncode == 0:
@@ -506,6 +509,168 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                     process.wait(timeout=5)
                 if process.poll() is None:
                     process.kill()
+
+    # -- a component dies mid-run ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def watch(self, running: RunningBottle, say: Callable[[str], None]) -> Iterator[None]:
+        live = self._live.get(running.proxy)
+        if live is None:
+            yield
+            return
+        exit_codes = watching.ExitCodes()
+        events = self._follow_deaths([running.scanner, running.proxy], exit_codes)
+        watcher = watching.Watcher(
+            exit_code=exit_codes.get,
+            bottle_id=running.bottle_id,
+            scanner=running.scanner,
+            proxy=running.proxy,
+            inspect=self._observe,
+            restore_proxy=lambda: self._restore_proxy(running, live, say),
+            scanner_back=lambda: self._scanner_back(running, live),
+            say=say,
+            before_poll=self._run_health_checks if self.podman else (lambda _: None),
+        )
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+            events.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                events.wait(timeout=5)
+            forget_update(running.bottle_id, self.env)  # the last reload's update, kept for a restarted proxy
+
+    def _follow_deaths(self, names: list[str], exit_codes: watching.ExitCodes) -> subprocess.Popen:
+        """`events` for these containers' deaths: a container the engine restarts between two
+        polls reports exit code 0 to `inspect`, its death event has the real one."""
+        if self.podman:
+            argv = ["events", "--filter", "event=died", "--format", "json"]
+        else:
+            argv = ["events", "--filter", "event=die", "--format", "{{json .}}"]
+        for name in names:
+            argv += ["--filter", f"container={name}"]
+        process = subprocess.Popen(self.docker.argv(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        threading.Thread(target=exit_codes.feed, args=((line.decode(errors="replace") for line in process.stdout),),
+                         name="bottle-events", daemon=True).start()
+        return process
+
+    def _observe(self, names: list[str]) -> dict[str, watching.Observation]:
+        result = self.docker.run(["inspect", "--type", "container", "--format", watching.TEMPLATE, *names],
+                                 check=False, timeout=30)
+        return watching.parse_inspect(result.stdout.decode(errors="replace"))
+
+    def _run_health_checks(self, last) -> None:
+        # Podman runs health checks from systemd timers, which may not exist (see _wait_healthy).
+        for name, obs in last:
+            if obs.running and obs.health not in (None, "healthy"):
+                self.docker.run(["healthcheck", "run", name], check=False, timeout=30)
+
+    def _restore_proxy(self, running: RunningBottle, live: _Live, say: Callable[[str], None]) -> None:
+        """A restarted proxy has an empty run directory: give it its CA and policy again (the
+        policy of the last `bottle reload`, if any), then follow its log again."""
+        agent_network = live.plan.network("agent").name
+        proxy_ip = self._address(running.proxy, agent_network)
+        if proxy_ip != live.proxy_ip:
+            # The agent's proxy settings and DNS name the old address: there is no way to
+            # point them elsewhere, so the bottle ends (fail closed) instead of hanging.
+            say(f"the egress proxy of {running.bottle_id} came back with another address on the agent network "
+                f"({live.proxy_ip} → {proxy_ip}), which the agent's proxy settings do not name; stopping the bottle")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise watching.StopBottle()
+        files = self._proxy_files(live)
+        self._deliver_to_proxy(running.proxy, files, agent_network=agent_network, reach=None)
+        follower = self._followers.get(running.proxy)
+        if follower is not None:
+            follower.restart()
+
+    def _proxy_files(self, live: _Live) -> dict[str, bytes]:
+        files = {
+            "mitmproxy-ca.pem": live.secrets.ca.mitmproxy_pem,
+            **proxy_files(live.plan.bottle, live.secrets, agent_ip=live.agent_ip, proxy_ip=live.proxy_ip,
+                          run_dir=dp.RUN_DIR, scanner_url=_scanner_url(live.scanner_host)),
+        }
+        update = saved_update(live.plan.bottle.bottle_id, self.env)
+        if update is not None:
+            files["policy.json"] = (json.dumps(merge_update(json.loads(files["policy.json"]), update), indent=2)
+                                    + "\n").encode()
+        return files
+
+    def _scanner_back(self, running: RunningBottle, live: _Live) -> None:
+        """Without a name server on the scanner network (Podman) the proxy reaches pipelock by
+        its address, which a restart may change: tell the proxy the new one."""
+        if live.plan.container("pipelock").alias:
+            return
+        address = self._address(running.scanner, live.plan.network("scanner").name)
+        if address != live.scanner_host:
+            self._send_update(running.proxy, {"scanner": {"url": _scanner_url(address)}})
+            live.scanner_host = address
+
+    # -- reload ---------------------------------------------------------------------
+
+    def find_bottle(self, ref: str) -> tuple[str, str]:
+        """(bottle id, proxy container) of the bottle `ref` names: its id or a unique start of it."""
+        names = self.docker.output(["ps", "--all", "--filter", f"label={dp.MANAGED_LABEL}=true",
+                                    "--filter", f"label={dp.ROLE_LABEL}=proxy", "--format", "{{.Names}}"]).split()
+        ids = {name.removesuffix("-proxy"): name for name in names if name.endswith("-proxy")}
+        if ref in ids:
+            return ref, ids[ref]
+        matches = sorted(i for i in ids if i.startswith(ref) or i.startswith(f"bottle-{ref}"))
+        if not matches:
+            raise LiveError(f"no bottle {ref!r} runs on this {self.engine.title} engine",
+                            tip=f"`bottle logs` names past bottles; `{self.engine.name} ps --filter "
+                            "label=dev.bottle.role=proxy` lists running ones")
+        if len(matches) > 1:
+            raise LiveError(f"{ref!r} names {len(matches)} bottles: {', '.join(matches)}; give more of the id")
+        return matches[0], ids[matches[0]]
+
+    def live_bottle(self, ref: str) -> LiveBottle:
+        bottle_id, proxy = self.find_bottle(ref)
+        containers = {role: f"{bottle_id}-{role}" for role in ("pipelock", "proxy", "agent")}
+        result = self.docker.run(["inspect", "--type", "container", *containers.values()], check=False)
+        info = {c["Name"].lstrip("/"): c for c in json.loads(result.stdout or b"[]")}
+        for role, name in containers.items():
+            state = (info.get(name) or {}).get("State") or {}
+            if state.get("Status") != "running":
+                raise LiveError(f"bottle {bottle_id} is not running: its {role} container {name} is "
+                                f"{state.get('Status') or 'gone'}")
+        shown = self.docker.run(["exec", proxy, *RECEIVE, "--dir", dp.RUN_DIR, "--show"], check=False, timeout=60)
+        if shown.returncode != 0:
+            raise LiveError(f"cannot read the policy of {bottle_id} from its proxy: "
+                            f"{shown.stderr.decode(errors='replace').strip()}")
+        document = json.loads(shown.stdout)
+        return LiveBottle(bottle_id=bottle_id, proxy=proxy, policy=document["policy"], sha256=document["sha256"],
+                          upstream_ca_sha256=document["upstream_ca_sha256"],
+                          fixed=_fixed_running({role: info[name] for role, name in containers.items()}))
+
+    def planned_fixed(self, plan: dp.DockerBottlePlan) -> dict[str, object]:
+        return _fixed_planned(plan)
+
+    def apply_update(self, live: LiveBottle, update: dict) -> dict:
+        return self._send_update(live.proxy, update)
+
+    def _send_update(self, proxy: str, update: dict) -> dict:
+        result = self.docker.run(["exec", "-i", proxy, *RECEIVE, "--dir", dp.RUN_DIR, "--reload",
+                                  "--timeout", str(int(READY_TIMEOUT))],
+                                 input=json.dumps(update).encode(), check=False, timeout=READY_TIMEOUT + 30)
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip().removeprefix("bottle: ")
+            raise LiveError(f"the proxy {proxy} refused the new policy: {detail}")
+        return json.loads(result.stdout)
+
+    def policy_reload_logged(self, live: LiveBottle, sha256: str, timeout: float = 10.0) -> dict | None:
+        """The proxy's `policy_reload` log line for `sha256`, once it is in the container's log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.docker.run(["logs", "--tail", "500", live.proxy], check=False).stdout.decode(errors="replace")
+            for line in reversed(out.splitlines()):
+                if '"policy_reload"' in line and sha256 in line:
+                    with contextlib.suppress(ValueError):
+                        return json.loads(line)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.2)
 
     # -- cleanup ------------------------------------------------------------------
 
@@ -599,10 +764,133 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         return removed
 
 
+def _unix_time(started_at: str) -> str:
+    """`logs --since` as both engines take it (seconds.nanoseconds), from `.State.StartedAt`:
+    RFC 3339 on Docker, Go's default time format on Podman (`2006-01-02 15:04:05.999 +0000 UTC`)."""
+    import datetime
+    import re
+
+    match = re.match(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*(Z|[+-]\d\d:?\d\d)?", started_at.strip())
+    if not match:
+        raise BackendError(f"cannot read the start time {started_at!r}")
+    day, clock, fraction, zone = match.groups()
+    zone = "+00:00" if zone in (None, "Z") else zone
+    if ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    seconds = datetime.datetime.fromisoformat(f"{day}T{clock}{zone}").timestamp()
+    return f"{int(seconds)}.{(fraction or '0')[:9].ljust(9, '0')}"
+
+
+def _scanner_url(host: str) -> str:
+    return f"http://{host}:{SCANNER_PORT}/api/v1/scan"
+
+
+def _image(name: str) -> str:
+    """An image name as either engine reports it (Podman qualifies local and Hub names)."""
+    for prefix in ("localhost/", "docker.io/library/", "docker.io/"):
+        name = name.removeprefix(prefix)
+    return name
+
+
+_ROLE_TITLES = {"pipelock": "scanner", "proxy": "proxy", "agent": "agent"}
+
+
+def _fixed_planned(plan: dp.DockerBottlePlan) -> dict[str, object]:
+    """What a plan fixes at create, in the terms `_fixed_running` reads back."""
+    fixed: dict[str, object] = {}
+    for c in plan.containers:
+        title = _ROLE_TITLES[c.role]
+        fixed[f"{title} image"] = _image(c.image)
+        fixed[f"{title} networks"] = sorted([c.network, *(n for n, _ in c.extra_networks)])
+    agent = plan.container("agent")
+    fixed["agent.user"] = agent.user
+    fixed["agent.workdir"] = agent.workdir
+    fixed["agent.workspace"] = sorted(f"{m.source}:{m.target}" for m in agent.mounts if m.type == "bind")
+    fixed["agent.resources"] = {"cpus": agent.cpus, "memory": plan.bottle.agent.resources.memory_bytes,
+                                "pids": agent.pids}
+    fixed["agent.env"] = dict(plan.bottle.agent.env)
+    return fixed
+
+
+def _fixed_running(info: Mapping[str, dict]) -> dict[str, object]:
+    """`_fixed_planned`'s keys, from `inspect` of each role's container."""
+    fixed: dict[str, object] = {}
+    for role, c in info.items():
+        title = _ROLE_TITLES[role]
+        fixed[f"{title} image"] = _image(c["Config"]["Image"])
+        fixed[f"{title} networks"] = sorted((c.get("NetworkSettings") or {}).get("Networks") or {})
+    agent = info["agent"]
+    host = agent.get("HostConfig") or {}
+    fixed["agent.user"] = agent["Config"].get("User")
+    fixed["agent.workdir"] = agent["Config"].get("WorkingDir")
+    fixed["agent.workspace"] = sorted(f"{m['Source']}:{m['Destination']}" for m in agent.get("Mounts") or []
+                                      if m.get("Type") == "bind")
+    nano = host.get("NanoCpus") or 0
+    if not nano and host.get("CpuQuota") and host.get("CpuPeriod"):
+        nano = host["CpuQuota"] * 1_000_000_000 // host["CpuPeriod"]
+    fixed["agent.resources"] = {"cpus": nano / 1e9 if nano else None, "memory": host.get("Memory") or None,
+                                "pids": host.get("PidsLimit") or None}
+    env = dict(item.split("=", 1) for item in agent["Config"].get("Env") or [] if "=" in item)
+    fixed["agent.env"] = env
+    return fixed
+
+
 def _substitute(value: str, substitutions: Mapping[str, str]) -> str:
     for marker, replacement in substitutions.items():
         value = value.replace(marker, replacement)
     return value
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Live:
+    """What a running bottle's watcher needs to give a restarted proxy its files again."""
+
+    plan: dp.DockerBottlePlan
+    secrets: LaunchSecrets
+    agent_ip: str
+    proxy_ip: str
+    scanner: str
+    scanner_host: str  # the name or address the proxy reaches pipelock by
+
+
+class _LogFollower:
+    """`logs --follow` of the proxy into the egress log. It ends when the container stops;
+    `restart()` follows a restarted proxy from its new start on, appending."""
+
+    def __init__(self, docker: DockerCLI, container: str, path: Path) -> None:
+        self.docker = docker
+        self.container = container
+        self.path = path
+        self.process: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def start(self, since: str | None = None) -> None:
+        with open(self.path, "ab" if since else "wb") as sink:
+            self.process = subprocess.Popen(
+                self.docker.argv(["logs", "--follow", *(["--since", since] if since else []), self.container]),
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.DEVNULL,
+            )
+
+    def restart(self) -> None:
+        with self.lock:
+            self._end()
+            started = self.docker.output(["inspect", "--type", "container", "--format", "{{.State.StartedAt}}",
+                                          self.container])
+            self.start(since=_unix_time(started))
+
+    def stop(self) -> None:
+        with self.lock:
+            self._end()
+
+    def _end(self) -> None:
+        follower, self.process = self.process, None
+        if follower is None:
+            return
+        follower.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            follower.wait(timeout=5)
+        if follower.poll() is None:
+            follower.kill()
 
 
 class _Created:

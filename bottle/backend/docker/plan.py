@@ -41,6 +41,12 @@ PIPELOCK_CONFIG_FILE = f"{PIPELOCK_CONFIG_DIR}/pipelock.yaml"
 PIPELOCK_ALIAS = "pipelock"
 PROXY_ALIAS = "proxy"
 PIPELOCK_MAIN_LISTEN = "127.0.0.1:8888"
+# The scanner and the proxy come back by the engine's own restart policy when their process
+# dies (docs/prds/0013-live-policy-and-component-health.md); `bottle start` notices it, keeps
+# saying egress is blocked until they serve again, and re-delivers the proxy's policy. Not
+# `always`/`unless-stopped`: on Docker those also bring a dead bottle's containers back when
+# the daemon restarts. A user's `stop` or teardown's `rm --force` restarts nothing (both engines).
+RESTART_POLICY = "on-failure"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -124,6 +130,7 @@ class ContainerSpec:
     pids: int | None = None
     health: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    restart: str | None = None  # the engine's restart policy; None: never restarted
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -286,6 +293,7 @@ def docker_plan(plan: BottlePlan, engine: str = "docker", *, engine_note: str | 
         # second so start waits on real readiness, not the default 10 s first interval.
         health=(("interval", "500ms"), ("timeout", "3s"), ("retries", "3"), ("start-period", "0s")),
         labels=labels_for(plan, "pipelock"),
+        restart=RESTART_POLICY,
     )
     proxy = ContainerSpec(
         role="proxy",
@@ -315,6 +323,7 @@ def docker_plan(plan: BottlePlan, engine: str = "docker", *, engine_note: str | 
         memory="1g",
         pids=512,
         labels=labels_for(plan, "proxy"),
+        restart=RESTART_POLICY,
     )
     agent = plan.agent
     agent_env = [EnvVar(name=name, value=value) for name, value in agent_environment(plan)]
@@ -412,6 +421,8 @@ def create_argv(container: ContainerSpec) -> list[str]:
         argv += ["--cap-add", cap]
     for opt in container.security_opt:
         argv += ["--security-opt", opt]
+    if container.restart:
+        argv += ["--restart", container.restart]
     if container.read_only:
         argv.append("--read-only")
     if container.read_only_tmpfs is not None:
@@ -528,6 +539,7 @@ def plan_document(dplan: DockerBottlePlan) -> dict:
                 "sysctls": dict(c.sysctls),
                 "dns": list(c.dns),
                 "resources": {"cpus": c.cpus, "memory": c.memory, "pids": c.pids},
+                "restart": c.restart or "no",
                 "mounts": [
                     {"type": m.type, "source": m.source, "target": m.target, "read_only": m.read_only}
                     for m in c.mounts

@@ -89,7 +89,8 @@ def render_preflight(dplan: DockerBottlePlan, *, note: str | None = None) -> str
     for volume in dplan.volumes:
         lines.append(f"  volume     {volume.name}")
     for container in dplan.containers:
-        lines.append(f"  container  {container.name}  ({container.role})")
+        restart = "; restarted by the engine if its process dies" if container.restart else ""
+        lines.append(f"  container  {container.name}  ({container.role}{restart})")
         lines.append(f"    $ {shlex.join([docker, *create_argv(container)])}")
         for argv in connect_argv(container):
             lines.append(f"    $ {shlex.join([docker, *argv])}")
