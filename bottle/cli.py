@@ -319,7 +319,7 @@ def logs(log: str, follow: bool, blocked: bool, host: str | None, output_format:
 
 
 def _agent_logs(ident: str, follow: bool) -> None:
-    from bottle import operations, state
+    from bottle import egresslog, operations, state
 
     directory = _bottles_dir()
     record = state.resolve(ident, state.load_all(directory), directory)
@@ -333,7 +333,7 @@ def _agent_logs(ident: str, follow: bool) -> None:
         out.flush()
 
     active = operations.still_running(directory, record["id"]) if follow else (lambda: False)
-    operations.follow_file(path, write, active=active)
+    egresslog.follow_bytes(path, write, active=active)
 
 
 @cli.command("reload")

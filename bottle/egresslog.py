@@ -218,8 +218,26 @@ def follow(path: Path, on_entry: Callable[[Entry], None], *, active: Callable[[]
 
     The proxy's log is rewritten whole when the bottle stops (nothing logged at the very
     end may be lost), so a file shorter than what was read is waited for, not re-read."""
-    active = active or (lambda: being_written(path))
-    offset, number, pending = 0, 0, b""
+    number, pending = 0, b""
+
+    def take(chunk: bytes) -> None:
+        nonlocal number, pending
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            number += 1
+            _hand(raw + b"\n", path, number, on_entry)
+
+    follow_bytes(path, take, active=active or (lambda: being_written(path)), poll=poll)
+    if pending.strip():
+        _hand(pending, path, number + 1, on_entry, last=True)
+
+
+def follow_bytes(path: Path, write: Callable[[bytes], None], *, active: Callable[[], bool],
+                 poll: float = 0.2) -> None:
+    """Write the file's content and then whatever is appended, until `active()` is False and
+    nothing more came. A file that shrank is waited for (read on from the same offset)."""
+    offset = 0
     while True:
         running = active()  # asked before reading, so nothing written before it ended is missed
         try:
@@ -228,17 +246,12 @@ def follow(path: Path, on_entry: Callable[[Entry], None], *, active: Callable[[]
                 chunk = handle.read()
         except FileNotFoundError:
             chunk = b""
-        offset += len(chunk)
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for raw in complete:
-            number += 1
-            _hand(raw + b"\n", path, number, on_entry)
-        if not running and not chunk:
-            if pending.strip():
-                _hand(pending, path, number + 1, on_entry, last=True)
+        if chunk:
+            offset += len(chunk)
+            write(chunk)
+        elif not running:
             return
-        if not chunk:
+        else:
             time.sleep(poll)
 
 

@@ -327,28 +327,6 @@ def wait_final(directory: Path, bottle_id: str, *, poll: float = 0.2,
 # -- logs --agent --------------------------------------------------------------------------------
 
 
-def follow_file(path: Path, write: Callable[[bytes], None], *, active: Callable[[], bool],
-                poll: float = 0.2) -> None:
-    """Write the file's content and then whatever is appended, until `active()` is False and
-    nothing more came."""
-    offset = 0
-    while True:
-        running = active()
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            offset += len(chunk)
-            write(chunk)
-        elif not running:
-            return
-        else:
-            time.sleep(poll)
-
-
 def still_running(directory: Path, bottle_id: str) -> Callable[[], bool]:
     def active() -> bool:
         record = state.read(state.state_path(directory, bottle_id))

@@ -25,6 +25,7 @@ from bottle.backend.docker.engine import (
     Engine,
     client_for,
     detect_engine,
+    engine_info,
     require_supported,
     requested_engine,
 )
@@ -96,7 +97,7 @@ def diagnose_engine(option: str | None, env: Mapping[str, str]) -> Report:
     checks.append(_guarded("ipv6", lambda: _ipv6(docker, engine)))
     info: dict[str, Any] = {}
     try:
-        info = _info(docker)
+        info = engine_info(docker)
     except BottleError as e:
         finding, tip = split_tip(e.message)
         checks += [_check("cgroups", FAIL, finding, tip), _check("disk", FAIL, finding, tip)]
@@ -213,17 +214,6 @@ def _ipv6(docker: DockerCLI, engine: Engine) -> Check:
     how = ("the agent and scanner also turn IPv6 off (sysctl)" if engine.name == "podman"
            else "so the engine turns IPv6 off in the agent")
     return _check("ipv6", OK, f"a bottle network gets no IPv6 address, {how}{left}")
-
-
-def _info(docker: DockerCLI) -> dict[str, Any]:
-    text = docker.output(["info", "--format", "{{json .}}"], timeout=60)
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError:
-        info = None
-    if not isinstance(info, dict):
-        raise BottleError(f"`{docker.executable} info` did not answer a JSON object: {text[:200]}")
-    return info
 
 
 def _cgroups(engine: Engine, info: dict[str, Any]) -> Check:

@@ -114,13 +114,7 @@ def detect_engine(docker: DockerCLI) -> Engine:
                 tip="start the Docker engine, or choose another with --engine / BOTTLE_DOCKER",
             )
         return Engine(name="docker", version=version)
-    text = docker.output(["info", "--format", "{{json .}}"], timeout=60)
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError:
-        info = None
-    if not isinstance(info, dict):
-        raise BackendError(f"`{docker.executable} info` did not answer a JSON object:\n    {text[:500]}")
+    info = engine_info(docker)
     host = info.get("host") or {}
     return Engine(
         name="podman",
@@ -129,6 +123,18 @@ def detect_engine(docker: DockerCLI) -> Engine:
         cgroup_version=str(host.get("cgroupVersion") or ""),
         network_backend=str(host.get("networkBackend") or ""),
     )
+
+
+def engine_info(docker: DockerCLI) -> dict:
+    """`info` as the engine answers it (Docker's and Podman's shapes differ)."""
+    text = docker.output(["info", "--format", "{{json .}}"], timeout=60)
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise BackendError(f"`{docker.executable} info` did not answer a JSON object:\n    {text[:500]}")
+    return info
 
 
 def resolve_engine(option: str | None, env: Mapping[str, str]) -> tuple[DockerCLI, Engine]:
