@@ -211,7 +211,7 @@ def test_a_crashed_proxy_is_said_comes_back_with_its_policy_and_its_log(running,
     # through the restarted proxy's policy, and its log says so.
     down = run.get("https://api.anthropic.com/?while-down")
     if down[0] == "200":
-        log_has(run, '"path":"/?while-down"', "allow")
+        log_has(run, '"path":"/?REDACTED"', "allow")  # the log never shows a query's values
     else:
         assert down[0] in ("000", "403", "503") or "Failed to connect" in "\n".join(down), down
     run.wait_for(f"the egress proxy of {run.bottle_id} is back; egress resumes", timeout=90)

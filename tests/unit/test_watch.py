@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bottle.backend.docker.watch import GONE, Component, Observation, StopBottle, Watcher, parse_inspect
+from bottle.backend.docker.watch import GONE, Component, ExitCodes, Observation, StopBottle, Watcher, parse_inspect
 
 UP = Observation(status="running", started_at="t0", health="healthy")
 
@@ -157,6 +157,47 @@ def test_death_events_of_both_engines_give_the_exit_code():
     codes.feed([docker, "not json"])
     assert codes.get("b-pipelock", wait=0) == 137
     assert codes.get("b-pipelock", wait=0) is None
+
+
+def test_an_idle_watcher_looks_rarely_and_at_once_when_the_engine_reports_a_death():
+    import threading
+    import time
+
+    engine = FakeEngine()
+    looks = []
+    said: list[str] = []
+    looked = threading.Event()
+
+    def inspect(names):
+        looks.append(time.monotonic())
+        looked.set()
+        return engine.inspect(names)
+
+    codes = ExitCodes()
+    w = Watcher(bottle_id="bottle-x-1", scanner="s", proxy="p", inspect=inspect, restore_proxy=lambda: None,
+                say=said.append, exit_code=codes.get, interval=0.05, idle_interval=30)
+    codes.on_death = w.wake
+    w.start()
+    try:
+        looked.clear()
+        time.sleep(0.3)  # both up: no look for the idle interval (30 s)
+        assert len(looks) == 1  # start's first look only
+        engine.state["s"] = obs("restarting", exit_code=137, restarts=1)
+        woken = time.monotonic()
+        codes.feed([json.dumps({"status": "die", "Actor": {"Attributes": {"name": "s", "exitCode": "137"}}})])
+        assert looked.wait(2) and looks[1] - woken < 1
+        deadline = time.monotonic() + 2
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert said == ["the scanner (pipelock) of bottle-x-1 died (exit code 137); egress is blocked until it is back"]
+        # While it is down the watcher looks often (interval), so its return is seen soon.
+        engine.state["s"] = obs(started="t1", restarts=1)
+        deadline = time.monotonic() + 2
+        while len(said) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert said[1] == "the scanner (pipelock) of bottle-x-1 is back; egress resumes"
+    finally:
+        w.stop()
 
 
 def test_an_exit_code_only_the_events_know_is_said():

@@ -531,6 +531,7 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             say=say,
             before_poll=self._run_health_checks if self.podman else (lambda _: None),
         )
+        exit_codes.on_death = watcher.wake
         watcher.start()
         try:
             yield

@@ -1,9 +1,11 @@
 """Notice a scanner or proxy that dies while the bottle runs, and say when it is back.
 
 The engine restarts them by its own restart policy (plan.py: `--restart on-failure`); this
-watcher, run by `bottle start` beside the agent, polls their state twice a second (one
-`inspect` for both: it works the same on Docker and Podman, where `events` differ), tells
-the user at once, and hands a restarted proxy back its policy and CA, which lived on a
+watcher, run by `bottle start` beside the agent, looks at their state (one `inspect` for
+both: it works the same on Docker and Podman, where `events` differ) as soon as the engine's
+event stream reports one died, every IDLE_SECONDS otherwise (each look spawns an engine
+client: twice a second, an idle bottle cost a fifth of a core), and twice a second while
+one is down; it tells the user at once, and hands a restarted proxy back its policy and CA, which lived on a
 tmpfs (docs/prds/0013-live-policy-and-component-health.md).
 
 `Component` is the state machine, fed observations; it has no I/O, so it is tested alone.
@@ -16,7 +18,8 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # while a component is down
+IDLE_SECONDS = 5.0  # while both are up: a death event wakes the watcher at once
 RETRY_SECONDS = 2.0
 
 
@@ -92,6 +95,7 @@ class ExitCodes:
     def __init__(self) -> None:
         self.codes: dict[str, int] = {}
         self.changed = threading.Condition()
+        self.on_death: Callable[[], None] = lambda: None  # the watcher's wake()
 
     def feed(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -100,6 +104,7 @@ class ExitCodes:
                 with self.changed:
                     self.codes[found[0]] = found[1]
                     self.changed.notify_all()
+                self.on_death()
 
     def get(self, name: str, wait: float = 1.0) -> int | None:
         with self.changed:
@@ -189,6 +194,7 @@ class Watcher:
         before_poll: Callable[[Iterable[tuple[str, Observation]]], None] = lambda _: None,
         exit_code: Callable[[str], int | None] = lambda _: None,
         interval: float = POLL_SECONDS,
+        idle_interval: float = IDLE_SECONDS,
     ) -> None:
         self.bottle_id = bottle_id
         self.names = {"scanner": scanner, "proxy": proxy}
@@ -199,6 +205,8 @@ class Watcher:
         self.before_poll = before_poll
         self.exit_code = exit_code
         self.interval = interval
+        self.idle_interval = idle_interval
+        self._wake = threading.Event()
         self.components: dict[str, Component] = {}
         self.last: dict[str, Observation] = {}
         self.stopping = threading.Event()
@@ -220,11 +228,21 @@ class Watcher:
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def wake(self) -> None:
+        """Look now (the engine reported a death)."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self.stopping.wait(self.interval):
+        while True:
+            down = any(not c.up for c in self.components.values())
+            self._wake.wait(self.interval if down else self.idle_interval)
+            self._wake.clear()
+            if self.stopping.is_set():
+                return
             try:
                 self.poll()
             except Exception as e:  # the watcher must never take the bottle down with a traceback
