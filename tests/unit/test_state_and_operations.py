@@ -365,11 +365,11 @@ def test_components_are_read_by_label_and_a_stopped_container_is_not_called_heal
     from bottle.backend.docker.backend import DockerBackend
 
     inspected = "\n".join([
-        f"{labels('bottle-a-1', 'agent')}\trunning\t",
-        f"{labels('bottle-a-1', 'proxy')}\trunning\t",
-        f"{labels('bottle-a-1', 'pipelock')}\texited\thealthy",   # stopped: its last health is stale
-        f"{labels('bottle-b-2', 'pipelock')}\trunning\tunhealthy",
-        f"{labels('bottle-other-3', 'agent')}\trunning\t",        # not asked about
+        f"/bottle-a-1-agent\t{labels('bottle-a-1', 'agent')}\trunning\t",
+        f"/bottle-a-1-proxy\t{labels('bottle-a-1', 'proxy')}\trunning\t",
+        f"/bottle-a-1-pipelock\t{labels('bottle-a-1', 'pipelock')}\texited\thealthy",   # stopped: its last health is stale
+        f"/bottle-b-2-pipelock\t{labels('bottle-b-2', 'pipelock')}\trunning\tunhealthy",
+        f"/bottle-other-3-agent\t{labels('bottle-other-3', 'agent')}\trunning\t",        # not asked about
     ])
     docker = ScriptedDocker([(["ps"], "c1 c2 c3 c4 c5"), (["inspect"], inspected)])
     found = DockerBackend(docker, env={}).components(["bottle-a-1", "bottle-b-2"])
@@ -377,6 +377,31 @@ def test_components_are_read_by_label_and_a_stopped_container_is_not_called_heal
                      "bottle-b-2": {"pipelock": "unhealthy"}}
     rows = operations.ps_rows([record("bottle-a-1"), record("bottle-b-2")], found, show_all=False, now=NOW)
     assert [r["status"] for r in rows] == ["running (scanner down)", "running (scanner unhealthy, proxy down, agent down)"]
+
+
+def test_a_scanner_whose_first_docker_check_is_still_due_is_checked_now():
+    """Docker checks the scanner every few seconds (cheap while it runs), so right after a
+    start it says "starting": ps runs the image's own check instead of showing a problem."""
+    from bottle.backend.docker.backend import DockerBackend
+
+    inspected = f"/bottle-a-1-pipelock\t{labels('bottle-a-1', 'pipelock')}\trunning\tstarting"
+    docker = ScriptedDocker([
+        (["ps"], "c1"),
+        (["inspect", "--type", "container", "--format", "{{json .Config.Healthcheck}}"],
+         '{"Test": ["CMD", "/pipelock", "healthcheck"], "Interval": 5000000000}'),
+        (["inspect"], inspected),
+    ])
+    found = DockerBackend(docker, env={}).components(["bottle-a-1"])
+    assert found == {"bottle-a-1": {"pipelock": "healthy"}}
+    assert ["exec", "bottle-a-1-pipelock", "/pipelock", "healthcheck"] in docker.calls
+
+
+def test_health_check_commands_run_as_docker_would():
+    from bottle.backend.docker.backend import health_test_argv
+
+    assert health_test_argv(["CMD", "/pipelock", "healthcheck"]) == ["/pipelock", "healthcheck"]
+    assert health_test_argv(["CMD-SHELL", "curl -f localhost"]) == ["/bin/sh", "-c", "curl -f localhost"]
+    assert health_test_argv(["NONE"]) == [] and health_test_argv([]) == []
 
 
 def test_exec_names_the_agents_user_explicitly_and_passes_no_environment():

@@ -89,6 +89,7 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         engine_note: str | None = None,
     ) -> None:
         self._docker = docker
+        self._health_tests: dict[str, list[str]] = {}
         self.env = os.environ if env is None else env
         self.engine = engine
         self.engine_note = engine_note
@@ -347,6 +348,10 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                 # Podman runs health checks from systemd timers; without systemd they never
                 # run, so run one now (its result lands in .State.Health like Docker's).
                 self.docker.run(["healthcheck", "run", container], check=False, timeout=30)
+            elif self._probe_health(container):
+                # Docker checks only every HEALTH_INTERVAL (cheap while the bottle runs);
+                # start runs the image's own check itself instead of waiting for the first.
+                return
             state = json.loads(self.docker.output(["inspect", "--format", "{{json .State}}", container]))
             status = state.get("Status")
             health = (state.get("Health") or {}).get("Status") or None
@@ -363,6 +368,22 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                     f"(health: {health})\n" + self._logs_excerpt(container)
                 )
             time.sleep(0.1)
+
+    def _probe_health(self, container: str) -> bool:
+        """Run the container's health check command now, as Docker would (it has no
+        `healthcheck run`); True when it passes. Without a check: whether it runs."""
+        test = self._health_tests.get(container)
+        if test is None:
+            config = self.docker.run(["inspect", "--type", "container", "--format", "{{json .Config.Healthcheck}}",
+                                      container], check=False)
+            try:
+                found = (json.loads(config.stdout or b"null") or {}).get("Test") or []
+            except (ValueError, AttributeError):
+                found = []
+            test = self._health_tests[container] = health_test_argv(found)
+        if not test:
+            return False  # no check to run: the caller reads the state
+        return self.docker.run(["exec", container, *test], check=False, timeout=30).returncode == 0
 
     def _logs_excerpt(self, container: str) -> str:
         result = self.docker.run(["logs", "--tail", "30", container], check=False)
@@ -560,7 +581,14 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
     def _observe(self, names: list[str]) -> dict[str, watching.Observation]:
         result = self.docker.run(["inspect", "--type", "container", "--format", watching.TEMPLATE, *names],
                                  check=False, timeout=30)
-        return watching.parse_inspect(result.stdout.decode(errors="replace"))
+        found = watching.parse_inspect(result.stdout.decode(errors="replace"))
+        if not self.podman:
+            # A restarted scanner says "starting" until Docker's first check, up to
+            # HEALTH_INTERVAL later: run the check now, so it is back as soon as it serves.
+            for name, obs in found.items():
+                if obs.running and obs.health == "starting" and self._probe_health(name):
+                    found[name] = dataclasses.replace(obs, health="healthy")
+        return found
 
     def _run_health_checks(self, last) -> None:
         # Podman runs health checks from systemd timers, which may not exist (see _wait_healthy).
@@ -719,10 +747,13 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
         if not ids:
             return found
         # One inspect for all: labels say whose and which; health where the container has a check.
-        fmt = "{{json .Config.Labels}}\t{{.State.Status}}\t{{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        fmt = ("{{.Name}}\t{{json .Config.Labels}}\t{{.State.Status}}\t"
+               "{{if .State.Health}}{{.State.Health.Status}}{{end}}")
         result = self.docker.run(["inspect", "--type", "container", "--format", fmt, *ids], check=False)
         for line in result.stdout.decode(errors="replace").splitlines():
-            labels_json, _, rest = line.partition("\t")
+            name, _, rest = line.partition("\t")
+            name = name.strip().lstrip("/")  # Docker's .Name starts with a slash
+            labels_json, _, rest = rest.partition("\t")
             status, _, health = rest.partition("\t")
             try:
                 labels = json.loads(labels_json) or {}
@@ -732,6 +763,8 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             if bottle_id in wanted and role in ("agent", "proxy", "pipelock"):
                 # A stopped container keeps its last health: its status says more then.
                 status, health = status.strip(), health.strip()
+                if status == "running" and health == "starting" and not self.podman and self._probe_health(name):
+                    health = "healthy"  # Docker's first check is still due (see _observe)
                 found[bottle_id][role] = health if status == "running" and health else status
         return found
 
@@ -745,10 +778,12 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
             ["inspect", "--type", "container", "--format", "{{.Config.User}} {{.State.Status}}", ids[0]]).partition(" ")
         if status != "running":
             raise BackendError(f"the agent container of {bottle_id} is {status or 'not running'}")
+        if not user:  # every agent is created with --user; without one exec would run as root
+            raise BackendError(f"the agent container of {bottle_id} names no user; refusing to exec as root")
         # `exec` passes no variable of this process: the command gets the container's own
         # environment (proxy variables, CA bundle, placeholders), as the agent's user.
         return self.docker.argv(["exec", *(["-i"] if stdin else []), *(["-t"] if tty else []),
-                                 "--user", user or "0:0", ids[0], *command])
+                                 "--user", user, ids[0], *command])
 
     def remove_bottle(self, bottle_id: str, *, echo: Callable[[str], None]) -> int:
         label = f"label={dp.BOTTLE_LABEL}={bottle_id}"
@@ -763,6 +798,16 @@ class DockerBackend(BottleBackend[dp.DockerBottlePlan]):
                 self._remove(kind, names, keep=False)
             removed += len(names)
         return removed
+
+
+def health_test_argv(test: Sequence[str]) -> list[str]:
+    """The command of a HEALTHCHECK test as `exec` runs it: ["CMD", argv…] or
+    ["CMD-SHELL", script]; [] for none ("NONE", or no check)."""
+    if test and test[0] == "CMD":
+        return list(test[1:])
+    if test and test[0] == "CMD-SHELL" and len(test) > 1:
+        return ["/bin/sh", "-c", test[1]]
+    return []
 
 
 def _unix_time(started_at: str) -> str:

@@ -220,11 +220,20 @@ class Watcher:
             self._say(message)
 
     def start(self) -> None:
-        first = self.inspect(list(self.names.values()))
+        """Begin watching; the first look runs in the watcher's thread, off the agent's start."""
+        self._thread = threading.Thread(target=self._run, name="bottle-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            first = self.inspect(list(self.names.values()))
+        except Exception as e:  # never a traceback; without a first look there is nothing to compare
+            if not self.stopping.is_set():
+                self.say(f"warning: cannot watch {self.bottle_id}'s scanner and proxy: {e}")
+            return
         for role, name in self.names.items():
             self.components[role] = Component(role, first.get(name, GONE), needs_health=role == "scanner")
-        self._thread = threading.Thread(target=self._loop, name="bottle-watch", daemon=True)
-        self._thread.start()
+        self._loop()
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
