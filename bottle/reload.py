@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -200,12 +199,7 @@ def reload_state_path(bottle_id: str, env: Mapping[str, str]) -> Path:
 
 
 def save_update(bottle_id: str, update: Mapping[str, Any], env: Mapping[str, str]) -> None:
-    path = reload_state_path(bottle_id, env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(update, indent=2) + "\n", encoding="utf-8")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    state.write_json(reload_state_path(bottle_id, env), update)
 
 
 def saved_update(bottle_id: str, env: Mapping[str, str]) -> dict[str, Any] | None:

@@ -138,12 +138,16 @@ def new_record(*, bottle_id: str, name: str, manifest: str, backend: str, engine
 
 def write(directory: Path, record: Mapping[str, Any]) -> Path:
     """Write `record` atomically: readers see the previous version or this one."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_path(directory, record["id"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{record['id']}.", suffix=".tmp", dir=directory)
+    return write_json(state_path(directory, record["id"]), record)
+
+
+def write_json(path: Path, document: Any) -> Path:
+    """Write `document` to `path` atomically, mode 0600, in a directory only its owner reads."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2)
+            json.dump(document, handle, indent=2)
             handle.write("\n")
         os.replace(tmp, path)
     except BaseException:

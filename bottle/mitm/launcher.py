@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bottle.mitm.policy import Policy, PolicyError, parse_policy  # noqa: E402
-from bottle.mitm.receive import WAITING_DIR  # noqa: E402
+from bottle.mitm.receive import WAITING_DIR, write_atomic  # noqa: E402
 from bottle.mitm.state import Runtime  # noqa: E402
 from bottle.mitm.upstream import GuardedEventLoop  # noqa: E402
 
@@ -38,14 +38,6 @@ SCANNER_PROBE_SECONDS = 30.0
 # The host starts the proxy's policy delivery as soon as pipelock is healthy, so the
 # first probes usually succeed; a short interval keeps a late one off the start time.
 SCANNER_PROBE_INTERVAL = 0.05
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_status(path: Path, state: str, policy_sha256: str | None, error: str | None) -> None:
